@@ -1,0 +1,1 @@
+//! cws: BERT-based Chinese word segmentation — library crate behind the `cws` binary.
