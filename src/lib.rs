@@ -1,1 +1,11 @@
-//! cws: BERT-based Chinese word segmentation — library crate behind the `cws` binary.
+//! cws: BERT-based Chinese word segmentation. The pipeline stages, in the order
+//! data flows through them:
+//! corpus → units → bies → (model) → segment / score.
+
+pub mod bies;
+pub mod commands;
+pub mod corpus;
+pub mod dict;
+pub mod score;
+pub mod segment;
+pub mod units;

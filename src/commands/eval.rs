@@ -1,0 +1,111 @@
+//! `cws eval`: SIGHAN-compatible scores of a predicted segmentation.
+
+use crate::corpus::read_lines;
+use crate::dict::Dictionary;
+use crate::score::{score_lines, Counts};
+use anyhow::{bail, Result};
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+pub const EXAMPLES: &str = "Examples:
+  cws eval --gold pku_test_gold.utf8 --pred pku_pred.utf8 --words pku_training_words.utf8
+  cws eval --gold msr_test_gold.utf8 --pred msr_pred.utf8 --format json";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Gold segmentation (words separated by whitespace, one sentence per line).
+    #[arg(long)]
+    pub gold: PathBuf,
+    /// Predicted segmentation, line-aligned with the gold file.
+    #[arg(long)]
+    pub pred: PathBuf,
+    /// Training word list: gold words absent from it count as out-of-vocabulary.
+    #[arg(long)]
+    pub words: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let gold = read_lines(&args.gold)?;
+    let pred = read_lines(&args.pred)?;
+    let nonblank = |lines: &[crate::corpus::Line]| {
+        lines.iter().rposition(|l| !l.text.trim().is_empty()).map_or(0, |i| i + 1)
+    };
+    if nonblank(&gold) != nonblank(&pred) {
+        bail!(
+            "{} has {} lines but {} has {}: the files must be line-aligned",
+            args.gold.display(),
+            nonblank(&gold),
+            args.pred.display(),
+            nonblank(&pred)
+        );
+    }
+    let words: Option<HashSet<String>> = match &args.words {
+        Some(p) => Some(Dictionary::load(p)?.words().clone()),
+        None => None,
+    };
+    let counts = score_lines(&gold, &pred, words.as_ref());
+    report_mismatches(&counts);
+    print!("{}", render(&counts, words.is_some(), args.format));
+    Ok(())
+}
+
+/// Warns on stderr about lines whose text differs between gold and prediction.
+pub fn report_mismatches(counts: &Counts) {
+    let bad = &counts.text_mismatch_lines;
+    if !bad.is_empty() {
+        let shown: Vec<String> = bad.iter().take(20).map(|n| n.to_string()).collect();
+        eprintln!(
+            "warning: on {} line(s) the predicted words do not spell the gold text: line {}{}",
+            bad.len(),
+            shown.join(", "),
+            if bad.len() > 20 { ", …" } else { "" }
+        );
+    }
+}
+
+/// The report, as the official script rounds it (3 decimals) or as JSON.
+pub fn render(c: &Counts, with_oov: bool, format: ReportFormat) -> String {
+    match format {
+        ReportFormat::Json => {
+            let value = serde_json::json!({
+                "recall": c.recall(),
+                "precision": c.precision(),
+                "f1": c.f1(),
+                "oov_rate": with_oov.then(|| c.oov_rate()),
+                "oov_recall": with_oov.then(|| c.oov_recall()),
+                "iv_recall": with_oov.then(|| c.iv_recall()),
+                "gold_words": c.gold_words,
+                "pred_words": c.pred_words,
+                "correct_words": c.correct,
+                "oov_words": with_oov.then_some(c.oov_words),
+                "lines_scored": c.lines_scored,
+                "text_mismatch_lines": c.text_mismatch_lines,
+            });
+            format!("{value}\n")
+        }
+        ReportFormat::Text => {
+            let oov = |x: f64| if with_oov { format!("{x:.3}") } else { "n/a (no --words)".into() };
+            format!(
+                "recall       {:.3}\nprecision    {:.3}\nf1           {:.3}\noov_rate     {}\noov_recall   {}\niv_recall    {}\ngold_words   {}\npred_words   {}\ncorrect      {}\n",
+                c.recall(),
+                c.precision(),
+                c.f1(),
+                oov(c.oov_rate()),
+                oov(c.oov_recall()),
+                oov(c.iv_recall()),
+                c.gold_words,
+                c.pred_words,
+                c.correct
+            )
+        }
+    }
+}

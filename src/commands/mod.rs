@@ -1,0 +1,37 @@
+//! The `cws` command line: one module per subcommand, each with its `Args`
+//! and a `run` function; `main` only dispatches.
+
+pub mod eval;
+pub mod segment;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cws",
+    version,
+    about = "Train, evaluate and run BERT-based Chinese word segmenters",
+    long_about = "Train, evaluate and run BERT-based Chinese word segmenters.\n\n\
+        Results go to stdout; progress and diagnostics go to stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Segment text: reads lines from stdin (or --input), writes them with words separated.
+    #[command(after_help = segment::EXAMPLES)]
+    Segment(segment::Args),
+    /// Score a segmentation against gold with the SIGHAN 2005 method.
+    #[command(after_help = eval::EXAMPLES)]
+    Eval(eval::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Segment(args) => segment::run(args),
+        Command::Eval(args) => eval::run(args),
+    }
+}

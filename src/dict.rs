@@ -1,0 +1,130 @@
+//! Word lists as dictionaries: forward maximum matching over units, used by the
+//! dictionary-only baseline (`cws segment --dict-only`) and by user
+//! dictionaries, whose matches become constraints in model decoding.
+//!
+//! Matching works on unit boundaries, so a dictionary word never splits a number
+//! or a Latin run. Overlapping entries are resolved leftmost-longest: scanning
+//! left to right, the longest entry that starts at the current unit wins and
+//! scanning resumes after it (forward maximum matching).
+
+use crate::units::{split_units, Unit};
+use anyhow::Result;
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::Path;
+
+#[derive(Debug, Clone, Default)]
+pub struct Dictionary {
+    words: HashSet<String>,
+    /// The longest entry, in units: no longer match needs to be tried.
+    max_units: usize,
+}
+
+impl Dictionary {
+    pub fn from_words<I, S>(words: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut dict = Dictionary::default();
+        for w in words {
+            dict.insert(w.into());
+        }
+        dict
+    }
+
+    pub fn insert(&mut self, word: String) {
+        if word.is_empty() {
+            return;
+        }
+        self.max_units = self.max_units.max(split_units(&word).len());
+        self.words.insert(word);
+    }
+
+    /// Loads a word list (one word per line, an optional weight after it is
+    /// accepted and ignored by maximum matching).
+    pub fn load(path: &Path) -> Result<Self> {
+        let words = crate::corpus::read_word_list(path)?;
+        Ok(Self::from_words(words.into_iter().map(|(w, _)| w)))
+    }
+
+    pub fn contains(&self, word: &str) -> bool {
+        self.words.contains(word)
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    pub fn words(&self) -> &HashSet<String> {
+        &self.words
+    }
+
+    /// Non-overlapping dictionary matches in `text` (already split into
+    /// `units`), as unit ranges, leftmost-longest. Single-unit entries match too.
+    pub fn matches(&self, text: &str, units: &[Unit]) -> Vec<Range<usize>> {
+        let mut found = Vec::new();
+        let mut i = 0;
+        while i < units.len() {
+            let longest = (1..=self.max_units.min(units.len() - i))
+                .rev()
+                .find(|&n| self.words.contains(&text[units[i].span.start..units[i + n - 1].span.end]));
+            match longest {
+                Some(n) => {
+                    found.push(i..i + n);
+                    i += n;
+                }
+                None => i += 1,
+            }
+        }
+        found
+    }
+
+    /// Forward maximum matching: dictionary matches, and every unit that no
+    /// entry covers as a word of its own. Returns word lengths in units.
+    pub fn segment(&self, text: &str, units: &[Unit]) -> Vec<usize> {
+        let mut lengths = Vec::new();
+        let mut at = 0;
+        for m in self.matches(text, units) {
+            lengths.extend(std::iter::repeat_n(1, m.start - at));
+            lengths.push(m.len());
+            at = m.end;
+        }
+        lengths.extend(std::iter::repeat_n(1, units.len() - at));
+        lengths
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(dict: &Dictionary, text: &str) -> Vec<String> {
+        let units = split_units(text);
+        let mut at = 0;
+        dict.segment(text, &units)
+            .into_iter()
+            .map(|n| {
+                let w = text[units[at].span.start..units[at + n - 1].span.end].to_string();
+                at += n;
+                w
+            })
+            .collect()
+    }
+
+    #[test]
+    fn longest_match_wins() {
+        let d = Dictionary::from_words(["北京", "北京大学", "大学生", "学生"]);
+        assert_eq!(seg(&d, "北京大学生活"), ["北京大学", "生", "活"]);
+    }
+
+    #[test]
+    fn numbers_stay_whole() {
+        let d = Dictionary::from_words(["19"]);
+        assert_eq!(seg(&d, "1998年"), ["1998", "年"]);
+    }
+}

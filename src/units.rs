@@ -1,0 +1,210 @@
+//! Units, the model's view of text: one unit per character, except that a
+//! number and a run of Latin letters each form one unit. Full-width ASCII forms
+//! read as their half-width twins. Every unit keeps its byte span of the
+//! original text, so joining the units' text gives back the input exactly.
+//!
+//! The rules mirror the normalisation of the 10% training files (see
+//! data/README.md), so raw `１９９８年` and normalised `0年` give the same units:
+//! - number: `[-+]?[0-9]+([.·][0-9]+)?%?` after width folding, matched leftmost
+//!   and greedily (the same regular expression the training files collapsed to `0`);
+//! - Latin run: `[A-Za-z_.]+` after width folding (collapsed to `X` there).
+//!
+//! Numbers are tried before Latin runs at each position; scanning left to right
+//! this way yields the same units as applying the two substitutions one after the
+//! other over the whole line, because a Latin run never contains a digit and a
+//! number only takes a `.` that is followed by a digit.
+
+use std::ops::Range;
+
+/// What a unit is; the key the model sees depends only on the kind and, for a
+/// plain character, on the width-folded character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnitKind {
+    Char(char),
+    Number,
+    Latin,
+}
+
+/// One unit with its byte span in the original text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub span: Range<usize>,
+    pub kind: UnitKind,
+}
+
+impl Unit {
+    /// The normalised form of the unit, as it appears in the normalised training
+    /// files: `0` for a number, `X` for a Latin run, else the folded character.
+    pub fn key(&self) -> String {
+        match self.kind {
+            UnitKind::Char(c) => c.to_string(),
+            UnitKind::Number => "0".to_string(),
+            UnitKind::Latin => "X".to_string(),
+        }
+    }
+}
+
+/// Folds full-width ASCII forms (U+FF01..U+FF5E) to ASCII and U+3000 to a space.
+pub fn fold_width(c: char) -> char {
+    match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+        '\u{3000}' => ' ',
+        _ => c,
+    }
+}
+
+fn is_latin(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == '.'
+}
+
+/// Length in chars of the number starting at `chars[i]`, if one starts there.
+fn number_len(chars: &[char], i: usize) -> Option<usize> {
+    let digits = |from: usize| chars[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut j = i;
+    if matches!(chars.get(j), Some('-' | '+')) {
+        j += 1;
+    }
+    let n = digits(j.min(chars.len()));
+    if n == 0 {
+        return None;
+    }
+    j += n;
+    if matches!(chars.get(j), Some('.' | '·')) {
+        let frac = digits((j + 1).min(chars.len()));
+        if frac > 0 {
+            j += 1 + frac;
+        }
+    }
+    if chars.get(j) == Some(&'%') {
+        j += 1;
+    }
+    Some(j - i)
+}
+
+/// Splits `text` into units. Whitespace characters, where a caller passes them,
+/// become units of their own like any other character.
+pub fn split_units(text: &str) -> Vec<Unit> {
+    let offsets: Vec<usize> = text
+        .char_indices()
+        .map(|(b, _)| b)
+        .chain(std::iter::once(text.len()))
+        .collect();
+    let folded: Vec<char> = text.chars().map(fold_width).collect();
+    let mut units = Vec::with_capacity(folded.len());
+    let mut i = 0;
+    while i < folded.len() {
+        let (len, kind) = if let Some(n) = number_len(&folded, i) {
+            (n, UnitKind::Number)
+        } else if is_latin(folded[i]) {
+            let n = folded[i..].iter().take_while(|&&c| is_latin(c)).count();
+            (n, UnitKind::Latin)
+        } else {
+            (1, UnitKind::Char(folded[i]))
+        };
+        units.push(Unit {
+            span: offsets[i]..offsets[i + len],
+            kind,
+        });
+        i += len;
+    }
+    units
+}
+
+/// Units of a segmented sentence plus, for each unit, whether a word starts at
+/// it and whether a word ends at it. Word boundaries that fall strictly inside a
+/// unit cannot be represented; they are counted in `inner_boundaries`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentedUnits {
+    pub text: String,
+    pub units: Vec<Unit>,
+    /// For each unit: the number of units in each word, in order.
+    pub word_lengths: Vec<usize>,
+    pub inner_boundaries: usize,
+}
+
+/// Maps a sentence's words onto the units of its joined text.
+pub fn units_of_words<S: AsRef<str>>(words: &[S]) -> SegmentedUnits {
+    let text: String = words.iter().map(AsRef::as_ref).collect();
+    let units = split_units(&text);
+    // Byte offsets where words end (the last one is the text's end).
+    let mut ends = Vec::with_capacity(words.len());
+    let mut at = 0;
+    for w in words {
+        at += w.as_ref().len();
+        ends.push(at);
+    }
+    let mut word_lengths = Vec::new();
+    let mut inner = 0;
+    let mut current = 0;
+    let mut next_end = ends.iter().peekable();
+    for unit in &units {
+        current += 1;
+        // Skip word ends strictly inside this unit: they are lost boundaries.
+        while let Some(&&e) = next_end.peek() {
+            if e < unit.span.end {
+                if e > unit.span.start {
+                    inner += 1;
+                }
+                next_end.next();
+            } else {
+                break;
+            }
+        }
+        if next_end.peek().is_some_and(|&&e| e == unit.span.end) {
+            next_end.next();
+            word_lengths.push(current);
+            current = 0;
+        }
+    }
+    if current > 0 {
+        word_lengths.push(current);
+    }
+    SegmentedUnits {
+        text,
+        units,
+        word_lengths,
+        inner_boundaries: inner,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(text: &str) -> Vec<String> {
+        split_units(text).iter().map(Unit::key).collect()
+    }
+
+    #[test]
+    fn raw_and_normalised_agree() {
+        assert_eq!(keys("１９９８年"), keys("0年"));
+        assert_eq!(keys("增长３．５％，"), keys("增长0,"));
+        assert_eq!(keys("ＩＢＭ公司"), keys("X公司"));
+        assert_eq!(keys("Windows.NET版"), keys("X版"));
+    }
+
+    #[test]
+    fn spans_cover_text() {
+        let text = "约-3.5%的Ａｂｃ和1998-2000年";
+        let units = split_units(text);
+        let joined: String = units.iter().map(|u| &text[u.span.clone()]).collect();
+        assert_eq!(joined, text);
+        assert_eq!(keys(text), ["约", "0", "的", "X", "和", "0", "0", "年"]);
+    }
+
+    #[test]
+    fn dot_without_digit_is_latin() {
+        assert_eq!(keys("3.a"), ["0", "X"]);
+        assert_eq!(keys("…"), ["…"]);
+    }
+
+    #[test]
+    fn inner_boundary_is_counted() {
+        let su = units_of_words(&["３", "．５", "亿"]);
+        assert_eq!(su.word_lengths, [1, 1]);
+        assert_eq!(su.inner_boundaries, 1);
+        let su = units_of_words(&["１９９８年", "春"]);
+        assert_eq!(su.word_lengths, [2, 1]);
+        assert_eq!(su.inner_boundaries, 0);
+    }
+}

@@ -1,0 +1,57 @@
+//! Helpers shared by the integration tests: the built `cws` binary, the SIGHAN
+//! data folder (../shared/data or $CWS_DATA_DIR), and temporary files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `cws` binary that cargo built for these tests.
+pub fn cws() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cws"))
+}
+
+/// Runs `cws` with `args`, feeding `stdin`.
+pub fn run_cws(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = cws()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cws starts");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("cws runs");
+    writer.join().unwrap();
+    out
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The SIGHAN data folder, or None (with a message) where it is absent, so a
+/// fresh clone without ../shared still passes the tests that need no corpus.
+pub fn data_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("CWS_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/data"));
+    if dir.join("sighan2005/pku_test_gold.utf8").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: SIGHAN data not found at {} (set CWS_DATA_DIR; see data/README.md)",
+            dir.display()
+        );
+        None
+    }
+}
+
+pub fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}

@@ -1,0 +1,8 @@
+//! The integration tests of cws, one binary with a module per area.
+
+mod common;
+
+mod bad_input;
+mod cli;
+mod properties;
+mod scoring;
