@@ -28,7 +28,8 @@ pub const TOKENIZER_FILES: [&str; 4] = [
 /// renamed to `.NAME.old-<pid>`, the new folder renamed to `dest`, and the old one deleted. If
 /// `write` fails or panics, the temp folder is removed and `dest` is untouched. A crash in the
 /// instant between the two renames leaves no `dest` but the complete old checkpoint in
-/// `.NAME.old-<pid>`.
+/// `.NAME.old-<pid>`. Temp names are per process, so one destination must have one writer
+/// at a time within a process.
 pub fn write_atomic<F>(dest: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,

@@ -161,7 +161,7 @@ fn write_random_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) {
     }
     let mut header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
     // The format wants the data 8-byte aligned; padding with spaces is what writers do.
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(path).unwrap());
