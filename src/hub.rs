@@ -487,7 +487,7 @@ fn download_missing(
         .call()
         .with_context(|| {
             format!(
-                "no usable answer from the hub for {repo_id} at revision {revision} within {:?}",
+                "listing hub repo {repo_id} at revision {revision} failed (time limit {:?})",
                 settings.metadata_timeout
             )
         })?
