@@ -1,11 +1,13 @@
 //! cws: BERT-based Chinese word segmentation. The pipeline stages, in the order
 //! data flows through them:
-//! corpus → units → bies → (model) → segment / score.
+//! corpus → units → bies → (hub → model) → segment / score.
 
 pub mod bies;
+pub mod checkpoint;
 pub mod commands;
 pub mod corpus;
 pub mod dict;
+pub mod hub;
 pub mod score;
 pub mod segment;
 pub mod units;

@@ -4,5 +4,6 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod hub;
 mod properties;
 mod scoring;
