@@ -111,7 +111,10 @@ pub fn read_word_list(path: &Path) -> Result<Vec<(String, Option<f64>)>> {
     let name = path.display().to_string();
     let mut words = Vec::new();
     for line in read_lines(path)? {
-        let mut fields = line.text.split(char::is_whitespace).filter(|f| !f.is_empty());
+        let mut fields = line
+            .text
+            .split(char::is_whitespace)
+            .filter(|f| !f.is_empty());
         let Some(word) = fields.next() else { continue };
         let weight = match fields.next() {
             None => None,
@@ -142,7 +145,10 @@ mod tests {
     #[test]
     fn invalid_utf8_names_line() {
         let err = lines_from_bytes("f.txt", b"ok\nbad \xFF\n").unwrap_err();
-        assert_eq!(err.to_string(), "f.txt:2: invalid UTF-8 at byte 5 of the line");
+        assert_eq!(
+            err.to_string(),
+            "f.txt:2: invalid UTF-8 at byte 5 of the line"
+        );
     }
 
     #[test]

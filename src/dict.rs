@@ -70,9 +70,10 @@ impl Dictionary {
         let mut found = Vec::new();
         let mut i = 0;
         while i < units.len() {
-            let longest = (1..=self.max_units.min(units.len() - i))
-                .rev()
-                .find(|&n| self.words.contains(&text[units[i].span.start..units[i + n - 1].span.end]));
+            let longest = (1..=self.max_units.min(units.len() - i)).rev().find(|&n| {
+                self.words
+                    .contains(&text[units[i].span.start..units[i + n - 1].span.end])
+            });
             match longest {
                 Some(n) => {
                     found.push(i..i + n);

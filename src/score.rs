@@ -318,7 +318,13 @@ impl<'a> Aligner<'a> {
 
     /// The point where the forward and backward searches of a minimal edit
     /// path meet.
-    fn middle_snake(&mut self, xoff: isize, xlim: isize, yoff: isize, ylim: isize) -> (isize, isize) {
+    fn middle_snake(
+        &mut self,
+        xoff: isize,
+        xlim: isize,
+        yoff: isize,
+        ylim: isize,
+    ) -> (isize, isize) {
         let dmin = xoff - ylim;
         let dmax = xlim - yoff;
         let fmid = xoff - yoff;
@@ -415,7 +421,11 @@ mod tests {
             text: t.to_string(),
         };
         let words: HashSet<String> = ["我", "爱"].iter().map(|s| s.to_string()).collect();
-        let c = score_lines(&[line("我  爱  北京")], &[line("我 爱 北 京")], Some(&words));
+        let c = score_lines(
+            &[line("我  爱  北京")],
+            &[line("我 爱 北 京")],
+            Some(&words),
+        );
         assert_eq!((c.gold_words, c.pred_words, c.correct), (3, 4, 2));
         assert_eq!((c.oov_words, c.oov_correct), (1, 0));
         assert!((c.f1() - 2.0 * (2.0 / 4.0) * (2.0 / 3.0) / (2.0 / 4.0 + 2.0 / 3.0)).abs() < 1e-12);

@@ -28,7 +28,10 @@ pub struct Chunk<'a> {
 
 impl WordSplitter for crate::dict::Dictionary {
     fn split(&self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<usize>>> {
-        Ok(chunks.iter().map(|c| self.segment(c.text, &c.units)).collect())
+        Ok(chunks
+            .iter()
+            .map(|c| self.segment(c.text, &c.units))
+            .collect())
     }
 }
 
@@ -53,7 +56,10 @@ pub fn chunk_spans(line: &str) -> Vec<Range<usize>> {
 }
 
 /// Words of each line as byte ranges of that line, in order.
-pub fn segment_lines(lines: &[&str], splitter: &dyn WordSplitter) -> Result<Vec<Vec<Range<usize>>>> {
+pub fn segment_lines(
+    lines: &[&str],
+    splitter: &dyn WordSplitter,
+) -> Result<Vec<Vec<Range<usize>>>> {
     let mut owners = Vec::new();
     let mut chunks = Vec::new();
     for (li, line) in lines.iter().enumerate() {
@@ -70,7 +76,10 @@ pub fn segment_lines(lines: &[&str], splitter: &dyn WordSplitter) -> Result<Vec<
     let mut words = vec![Vec::new(); lines.len()];
     for ((chunk, lens), &(li, offset)) in chunks.iter().zip(&lengths).zip(&owners) {
         if lens.iter().sum::<usize>() != chunk.units.len() || lens.contains(&0) {
-            bail!("internal error: word lengths {lens:?} do not cover {} units", chunk.units.len());
+            bail!(
+                "internal error: word lengths {lens:?} do not cover {} units",
+                chunk.units.len()
+            );
         }
         let mut at = 0;
         for &n in lens {
@@ -106,24 +115,28 @@ pub fn write_line(
             let mut at = 0;
             let mut prev_end = None;
             for w in words {
-                out.write_all(line[at..w.start].as_bytes())?;
+                out.write_all(&line.as_bytes()[at..w.start])?;
                 // A separator only between adjacent words; whitespace already
                 // separates the others.
                 if prev_end == Some(w.start) {
                     out.write_all(delimiter.as_bytes())?;
                 }
-                out.write_all(line[w.clone()].as_bytes())?;
+                out.write_all(&line.as_bytes()[w.clone()])?;
                 at = w.end;
                 prev_end = Some(w.end);
             }
-            out.write_all(line[at..].as_bytes())?;
+            out.write_all(&line.as_bytes()[at..])?;
         }
         Format::Jsonl => {
             let char_at = |byte: usize| line[..byte].chars().count();
             let texts: Vec<&str> = words.iter().map(|w| &line[w.clone()]).collect();
-            let chars: Vec<[usize; 2]> = words.iter().map(|w| [char_at(w.start), char_at(w.end)]).collect();
+            let chars: Vec<[usize; 2]> = words
+                .iter()
+                .map(|w| [char_at(w.start), char_at(w.end)])
+                .collect();
             let bytes: Vec<[usize; 2]> = words.iter().map(|w| [w.start, w.end]).collect();
-            let value = serde_json::json!({"line": number, "words": texts, "chars": chars, "bytes": bytes});
+            let value =
+                serde_json::json!({"line": number, "words": texts, "chars": chars, "bytes": bytes});
             write!(out, "{value}")?;
         }
         Format::Tags => {
@@ -204,7 +217,11 @@ pub fn segment_stream(
         for (k, ((text, ending), w)) in batch.iter().zip(&words).enumerate() {
             write_line(output, first + k, text, w, opts.format, opts.delimiter)?;
             // JSON lines always end with LF; text and tags keep the input's ending.
-            let end = if opts.format == Format::Jsonl { "\n" } else { ending };
+            let end = if opts.format == Format::Jsonl {
+                "\n"
+            } else {
+                ending
+            };
             output.write_all(end.as_bytes())?;
         }
         output.flush()?;
@@ -232,7 +249,10 @@ mod tests {
 
     #[test]
     fn keeps_whitespace_and_line_ends() {
-        assert_eq!(run("我爱北京\r\n\n 天安门  广场\n", Format::Text), "我 爱 北京\r\n\n 天安门  广 场\n");
+        assert_eq!(
+            run("我爱北京\r\n\n 天安门  广场\n", Format::Text),
+            "我 爱 北京\r\n\n 天安门  广 场\n"
+        );
         assert_eq!(run("北京", Format::Text), "北京");
     }
 

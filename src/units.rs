@@ -59,7 +59,12 @@ fn is_latin(c: char) -> bool {
 
 /// Length in chars of the number starting at `chars[i]`, if one starts there.
 fn number_len(chars: &[char], i: usize) -> Option<usize> {
-    let digits = |from: usize| chars[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let digits = |from: usize| {
+        chars[from..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count()
+    };
     let mut j = i;
     if matches!(chars.get(j), Some('-' | '+')) {
         j += 1;

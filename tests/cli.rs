@@ -30,7 +30,11 @@ fn readme_segment_command_works() {
         .current_dir(repo_root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.trim().contains(' '), "words are separated: {text}");
 }
@@ -43,7 +47,10 @@ fn ci_runs_the_readme_test_command() {
         .lines()
         .find(|l| l.trim_start().starts_with("cargo test"))
         .expect("the README's first screen shows the test command");
-    assert!(ci.lines().any(|l| l.trim() == test_line.trim()), "CI runs `{test_line}`");
+    assert!(
+        ci.lines().any(|l| l.trim() == test_line.trim()),
+        "CI runs `{test_line}`"
+    );
 }
 
 #[test]
@@ -51,7 +58,10 @@ fn help_shows_an_example_per_subcommand() {
     for sub in ["segment", "eval"] {
         let out = cws().args([sub, "--help"]).output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains("Examples:") && text.contains(&format!("cws {sub}")), "{sub}: {text}");
+        assert!(
+            text.contains("Examples:") && text.contains(&format!("cws {sub}")),
+            "{sub}: {text}"
+        );
     }
 }
 
@@ -59,5 +69,7 @@ fn help_shows_an_example_per_subcommand() {
 fn segment_without_model_says_what_to_pass() {
     let out = cws().arg("segment").output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("--dict-only"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("--dict-only"));
 }

@@ -22,7 +22,11 @@ fn diff_unchanged(dir: &Path, tag: usize, gold: &[&str], pred: &[&str]) -> Vec<S
     std::fs::write(&g, one_per_line(gold)).unwrap();
     std::fs::write(&p, one_per_line(pred)).unwrap();
     let out = Command::new("diff")
-        .args(["--unchanged-line-format==%L", "--old-line-format=-%L", "--new-line-format=+%L"])
+        .args([
+            "--unchanged-line-format==%L",
+            "--old-line-format=-%L",
+            "--new-line-format=+%L",
+        ])
         .arg(&g)
         .arg(&p)
         .output()
@@ -37,7 +41,8 @@ fn diff_unchanged(dir: &Path, tag: usize, gold: &[&str], pred: &[&str]) -> Vec<S
 fn segmentations(data: &Path, corpus: &str) -> Vec<(&'static str, Vec<Line>)> {
     let gold = read_lines(&data.join(format!("sighan2005/{corpus}_test_gold.utf8"))).unwrap();
     let raw = read_lines(&data.join(format!("sighan2005/{corpus}_test.utf8"))).unwrap();
-    let dict = Dictionary::load(&data.join(format!("sighan2005/{corpus}_training_words.utf8"))).unwrap();
+    let dict =
+        Dictionary::load(&data.join(format!("sighan2005/{corpus}_training_words.utf8"))).unwrap();
     let texts: Vec<&str> = raw.iter().map(|l| l.text.as_str()).collect();
     let words = segment_lines(&texts, &dict).unwrap();
     let fmm = raw
@@ -45,17 +50,36 @@ fn segmentations(data: &Path, corpus: &str) -> Vec<(&'static str, Vec<Line>)> {
         .zip(&words)
         .map(|(l, w)| Line {
             number: l.number,
-            text: w.iter().map(|r| &l.text[r.clone()]).collect::<Vec<_>>().join(" "),
+            text: w
+                .iter()
+                .map(|r| &l.text[r.clone()])
+                .collect::<Vec<_>>()
+                .join(" "),
         })
         .collect();
     let chars = raw
         .iter()
         .map(|l| Line {
             number: l.number,
-            text: l.text.chars().filter(|c| !c.is_whitespace()).map(String::from).collect::<Vec<_>>().join(" "),
+            text: l
+                .text
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .map(String::from)
+                .collect::<Vec<_>>()
+                .join(" "),
         })
         .collect();
     vec![("gold", gold), ("fmm", fmm), ("chars", chars)]
+}
+
+fn text_differs(gold: &[Line], pred: &[Line]) -> Vec<usize> {
+    let bare = |t: &str| t.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    gold.iter()
+        .zip(pred)
+        .filter(|(g, p)| !g.text.trim().is_empty() && bare(&g.text) != bare(&p.text))
+        .map(|(g, _)| g.number)
+        .collect()
 }
 
 #[test]
@@ -64,7 +88,10 @@ fn scorer_equals_diff_on_sighan_test_sets() {
     let tmp = tempfile::tempdir().unwrap();
     for corpus in ["pku", "msr"] {
         let words: HashSet<String> =
-            Dictionary::load(&data.join(format!("sighan2005/{corpus}_training_words.utf8"))).unwrap().words().clone();
+            Dictionary::load(&data.join(format!("sighan2005/{corpus}_training_words.utf8")))
+                .unwrap()
+                .words()
+                .clone();
         let segs = segmentations(&data, corpus);
         let gold = &segs[0].1;
         for (name, pred) in &segs {
@@ -90,7 +117,10 @@ fn scorer_equals_diff_on_sighan_test_sets() {
                     (diff_unchanged(tmp.path(), tag, &gw, &pw) != ours).then_some(g.number)
                 })
                 .collect();
-            assert!(mismatched.is_empty(), "{corpus}/{name}: lines {mismatched:?} differ from diff");
+            assert!(
+                mismatched.is_empty(),
+                "{corpus}/{name}: lines {mismatched:?} differ from diff"
+            );
             eprintln!(
                 "{corpus} {name:5} R {:.3} P {:.3} F {:.3} OOV-rate {:.3} OOV-R {:.3} IV-R {:.3} ({} gold, {} pred, {} correct)",
                 c.recall(),
@@ -106,7 +136,14 @@ fn scorer_equals_diff_on_sighan_test_sets() {
             if *name == "gold" {
                 assert_eq!((c.correct, c.pred_words), (c.gold_words, c.gold_words));
             }
-            assert!(c.text_mismatch_lines.is_empty(), "{corpus}/{name}: text differs");
+            // The MSR gold file has a few lines whose text is not the raw test
+            // line's (misplaced line breaks): those, and only those, are reported.
+            let expected: Vec<usize> = if *name == "gold" {
+                Vec::new()
+            } else {
+                text_differs(gold, pred)
+            };
+            assert_eq!(c.text_mismatch_lines, expected, "{corpus}/{name}");
         }
     }
 }
@@ -117,14 +154,33 @@ fn eval_command_prints_three_decimals_and_json() {
     let gold = data.join("sighan2005/pku_test_gold.utf8");
     let words = data.join("sighan2005/pku_training_words.utf8");
     let out = run_cws(
-        &["eval", "--gold", gold.to_str().unwrap(), "--pred", gold.to_str().unwrap(), "--words", words.to_str().unwrap()],
+        &[
+            "eval",
+            "--gold",
+            gold.to_str().unwrap(),
+            "--pred",
+            gold.to_str().unwrap(),
+            "--words",
+            words.to_str().unwrap(),
+        ],
         b"",
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success());
     assert!(text.contains("f1           1.000"), "{text}");
     assert!(text.contains("iv_recall    1.000"), "{text}");
-    let out = run_cws(&["eval", "--gold", gold.to_str().unwrap(), "--pred", gold.to_str().unwrap(), "--format", "json"], b"");
+    let out = run_cws(
+        &[
+            "eval",
+            "--gold",
+            gold.to_str().unwrap(),
+            "--pred",
+            gold.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        b"",
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["f1"], 1.0);
     assert_eq!(v["gold_words"], 104372);

@@ -37,7 +37,10 @@ pub fn run(args: Args) -> Result<()> {
     let gold = read_lines(&args.gold)?;
     let pred = read_lines(&args.pred)?;
     let nonblank = |lines: &[crate::corpus::Line]| {
-        lines.iter().rposition(|l| !l.text.trim().is_empty()).map_or(0, |i| i + 1)
+        lines
+            .iter()
+            .rposition(|l| !l.text.trim().is_empty())
+            .map_or(0, |i| i + 1)
     };
     if nonblank(&gold) != nonblank(&pred) {
         bail!(
@@ -93,7 +96,13 @@ pub fn render(c: &Counts, with_oov: bool, format: ReportFormat) -> String {
             format!("{value}\n")
         }
         ReportFormat::Text => {
-            let oov = |x: f64| if with_oov { format!("{x:.3}") } else { "n/a (no --words)".into() };
+            let oov = |x: f64| {
+                if with_oov {
+                    format!("{x:.3}")
+                } else {
+                    "n/a (no --words)".into()
+                }
+            };
             format!(
                 "recall       {:.3}\nprecision    {:.3}\nf1           {:.3}\noov_rate     {}\noov_recall   {}\niv_recall    {}\ngold_words   {}\npred_words   {}\ncorrect      {}\n",
                 c.recall(),
