@@ -6,7 +6,7 @@
 //!
 //! * `config:PATH` — a fresh, randomly initialised model (training from scratch). `PATH` is a
 //!   `config.json` file or a folder holding one; the tokenizer (`tokenizer.json`, else
-//!   `vocab.txt`) must sit in the same folder.
+//!   `vocab.txt`) is taken from the same folder if present, else the trainer builds a vocabulary from the training data.
 //! * `hf:REPO[@REVISION]` — always the hub, even if a local folder of that name exists.
 //! * an existing folder — a local model in Hugging Face layout (`config.json`, `tokenizer.json`
 //!   or `vocab.txt`, `model.safetensors` or `pytorch_model.bin`). An existing path wins over a
@@ -61,7 +61,9 @@ pub struct ModelFiles {
     /// `config.json`.
     pub config: PathBuf,
     /// `tokenizer.json`, or `vocab.txt` from which the caller builds a BERT WordPiece tokenizer.
-    pub tokenizer: PathBuf,
+    /// None only for a fresh model without one beside its config: the trainer then builds
+    /// the vocabulary from the training data.
+    pub tokenizer: Option<PathBuf>,
     /// `model.safetensors` or `pytorch_model.bin`; `None` for a fresh model.
     pub weights: Option<PathBuf>,
 }
@@ -288,7 +290,7 @@ pub fn resolve_local(dir: &Path) -> Result<ModelFiles> {
     })?;
     Ok(ModelFiles {
         config,
-        tokenizer,
+        tokenizer: Some(tokenizer),
         weights: Some(weights),
     })
 }
@@ -306,12 +308,7 @@ fn resolve_fresh(config: &Path) -> Result<ModelFiles> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tokenizer = first_existing(&dir, &TOKENIZER_FILES).with_context(|| {
-        format!(
-            "expected tokenizer.json or vocab.txt next to {} for a fresh model",
-            config.display()
-        )
-    })?;
+    let tokenizer = first_existing(&dir, &TOKENIZER_FILES);
     Ok(ModelFiles {
         config,
         tokenizer,
@@ -415,7 +412,7 @@ fn files_from(mut found: Vec<Option<PathBuf>>) -> ModelFiles {
     let config = found.pop().flatten().expect("config resolved");
     ModelFiles {
         config,
-        tokenizer,
+        tokenizer: Some(tokenizer),
         weights,
     }
 }

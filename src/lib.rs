@@ -5,8 +5,10 @@
 pub mod bies;
 pub mod checkpoint;
 pub mod commands;
+pub mod config;
 pub mod corpus;
 pub mod dict;
+pub mod encode;
 pub mod hub;
 pub mod score;
 pub mod segment;

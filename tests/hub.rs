@@ -345,7 +345,7 @@ fn resolves_cached_main_offline() {
         }
     );
     assert_eq!(
-        fs::read(&files.tokenizer).unwrap(),
+        fs::read(files.tokenizer.as_ref().unwrap()).unwrap(),
         fs::read(shared.join("tokenizer.json")).unwrap()
     );
 }
@@ -496,7 +496,7 @@ fn resolves_local_folders_and_fresh_configs() {
     fs::write(model.join("pytorch_model.bin"), b"x").unwrap();
     fs::write(model.join("model.safetensors"), b"x").unwrap();
     let files = resolve(&source, &HubSettings::offline(dir.path())).unwrap();
-    assert_eq!(files.tokenizer, model.join("vocab.txt"));
+    assert_eq!(files.tokenizer, Some(model.join("vocab.txt")));
     assert_eq!(files.weights, Some(model.join("model.safetensors")));
 
     let fresh =
@@ -506,7 +506,7 @@ fn resolves_local_folders_and_fresh_configs() {
         files,
         ModelFiles {
             config: shared.join("config.json"),
-            tokenizer: shared.join("tokenizer.json"),
+            tokenizer: Some(shared.join("tokenizer.json")),
             weights: None,
         }
     );
@@ -590,7 +590,7 @@ fn checkpoint_config_and_tokenizer_round_trip() {
     let dest = root.path().join("seg");
     write_atomic(&dest, |dir| {
         write_config(dir, &config)?;
-        copy_tokenizer_files(&files.tokenizer, dir)?;
+        copy_tokenizer_files(files.tokenizer.as_ref().unwrap(), dir)?;
         Ok(())
     })
     .unwrap();
@@ -638,7 +638,7 @@ fn checkpoint_config_and_tokenizer_round_trip() {
         &HubSettings::offline(root.path()),
     )
     .unwrap();
-    assert_eq!(again.tokenizer, dest.join("tokenizer.json"));
+    assert_eq!(again.tokenizer, Some(dest.join("tokenizer.json")));
 
     let mut bad = base.clone();
     bad.as_object_mut().unwrap().remove("hidden_size");

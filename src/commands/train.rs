@@ -1,0 +1,97 @@
+//! `cws train`: fine-tunes or trains from scratch a BIES tagger from a TOML
+//! config, with command-line overrides of the usual fields.
+
+use crate::config::TrainConfig;
+use crate::train::{train, Progress};
+use anyhow::Result;
+use std::path::PathBuf;
+
+pub const EXAMPLES: &str = "Examples:
+  cws train --config configs/small-pku.toml
+  cws train --config configs/bert-base-chinese-pku.toml --device cuda --output-dir runs/pku
+  cws train --config configs/small-pku.toml --resume";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Training config (TOML; see configs/ for examples).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Continue the run in the output dir from its last checkpoint, same schedule.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value = "bar")]
+    pub progress: Progress,
+    /// Override `model`.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Override `train`.
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Override `dev`.
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// Override `words` (training word list for dev OOV figures).
+    #[arg(long)]
+    pub words: Option<PathBuf>,
+    /// Override `output_dir`.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Override `epochs`.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override `max_steps`.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Override `batch_size`.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override `learning_rate`.
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Override `max_length`.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Override `eval_every`.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Override `seed`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override `device` (auto, cpu, cuda, cuda:N).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// The config file with the command line's overrides applied, validated.
+pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
+    let mut c = TrainConfig::load(&args.config)?;
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = &args.$field { c.$field = v.clone().into(); } )* };
+    }
+    set!(model, train, output_dir, epochs, batch_size, learning_rate, max_length, eval_every, seed, device);
+    if args.dev.is_some() {
+        c.dev = args.dev.clone();
+    }
+    if args.words.is_some() {
+        c.words = args.words.clone();
+    }
+    if args.max_steps.is_some() {
+        c.max_steps = args.max_steps;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cfg = resolve_config(&args)?;
+    let s = train(&cfg, args.resume, args.progress)?;
+    eprintln!(
+        "{} after {} steps; best dev F1 {}; checkpoints in {}/best and {}/last",
+        if s.interrupted { "stopped" } else { "done" },
+        s.steps,
+        s.best_dev_f1.map_or("n/a".into(), |f| format!("{f:.4}")),
+        s.output_dir.display(),
+        s.output_dir.display()
+    );
+    Ok(())
+}

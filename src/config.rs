@@ -1,0 +1,197 @@
+//! Training configuration: a TOML file (unknown keys rejected) plus command-line
+//! overrides, validated once into the settings `cws train` runs with. The
+//! resolved configuration is saved next to every checkpoint.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the vocabulary comes from.
+pub const VOCAB_FROM_TRAIN: &str = "train";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model source: a hub id (`bert-base-chinese`), a local folder, or
+    /// `config:PATH` for a fresh model (see docs/model-sources.md).
+    pub model: String,
+    /// `train` builds the vocabulary from the training data (fresh models
+    /// only); a path names a vocab.txt / tokenizer.json; absent uses the model's.
+    pub vocab: Option<String>,
+    /// Segmented training corpus.
+    pub train: PathBuf,
+    /// Segmented dev corpus; if absent, `dev_fraction` of the training lines,
+    /// taken from the end, is held out.
+    pub dev: Option<PathBuf>,
+    #[serde(default = "default_dev_fraction")]
+    pub dev_fraction: f64,
+    /// Training word list, for OOV figures in dev evaluations.
+    pub words: Option<PathBuf>,
+    /// Longest model input in tokens, [CLS] and [SEP] included.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Passes over the training data (ignored when `max_steps` is set).
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub learning_rate: f64,
+    /// Linear warmup, as a fraction of all steps.
+    #[serde(default = "default_warmup")]
+    pub warmup: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Gradient clipping by global norm; 0 disables it.
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: f64,
+    /// Overrides the model's hidden/attention/classifier dropout when set.
+    pub dropout: Option<f64>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Evaluate on dev (and checkpoint) every this many steps; 0 = once per epoch.
+    #[serde(default)]
+    pub eval_every: usize,
+    pub output_dir: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_dev_fraction() -> f64 {
+    0.1
+}
+fn default_max_length() -> usize {
+    128
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_epochs() -> usize {
+    3
+}
+fn default_warmup() -> f64 {
+    0.1
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_grad_clip() -> f64 {
+    1.0
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+impl TrainConfig {
+    /// Parses a config file. Relative paths in it are taken relative to the
+    /// current directory, as on the command line.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.max_length < 3 {
+            bail!("max_length must be at least 3 (found {})", self.max_length);
+        }
+        if self.batch_size == 0 {
+            bail!("batch_size must be positive");
+        }
+        if !(0.0..1.0).contains(&self.dev_fraction) {
+            bail!("dev_fraction must be in [0, 1) (found {})", self.dev_fraction);
+        }
+        if !(0.0..=1.0).contains(&self.warmup) {
+            bail!("warmup is a fraction of all steps, in [0, 1] (found {})", self.warmup);
+        }
+        if !(self.learning_rate > 0.0) {
+            bail!("learning_rate must be positive (found {})", self.learning_rate);
+        }
+        if let Some(p) = self.dropout {
+            if !(0.0..1.0).contains(&p) {
+                bail!("dropout must be in [0, 1) (found {p})");
+            }
+        }
+        if self.dev.is_none() && self.dev_fraction == 0.0 {
+            bail!("no dev data: set `dev` or a positive `dev_fraction`");
+        }
+        parse_device(&self.device)?;
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config serialises")
+    }
+}
+
+/// Device names accepted by `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn parse_device(s: &str) -> Result<DeviceChoice> {
+    Ok(match s {
+        "auto" => DeviceChoice::Auto,
+        "cpu" => DeviceChoice::Cpu,
+        "cuda" => DeviceChoice::Cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => DeviceChoice::Cuda(n),
+            None => bail!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// The candle device for a choice: `auto` takes CUDA device 0 when this build
+/// has CUDA and one is present, else the CPU.
+pub fn open_device(choice: DeviceChoice) -> Result<candle_core::Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceChoice::Auto => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = candle_core::Device::new_cuda(0) {
+                    return Ok(d);
+                }
+            }
+            Ok(candle_core::Device::Cpu)
+        }
+        DeviceChoice::Cuda(n) => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device cuda: this cws was built without CUDA (build with `--features cuda`, see docs/cuda.md)");
+            }
+            candle_core::Device::new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "model = \"config:c.json\"\ntrain = \"t.txt\"\nlearning_rate = 1e-3\noutput_dir = \"out\"\n";
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c = TrainConfig::parse(MIN).unwrap();
+        assert_eq!((c.max_length, c.batch_size, c.seed), (128, 32, 42));
+        let err = TrainConfig::parse(&format!("{MIN}learning_rat = 1\n")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `learning_rat`"), "{err}");
+    }
+
+    #[test]
+    fn devices() {
+        assert_eq!(parse_device("cuda:1").unwrap(), DeviceChoice::Cuda(1));
+        assert!(parse_device("gpu").is_err());
+    }
+}

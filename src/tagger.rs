@@ -1,0 +1,249 @@
+//! Per-unit BIES scores from a trained model, and the model-based word
+//! splitter built on them: windows that fit the model, batched forward passes,
+//! then constrained decoding (optionally with user-dictionary constraints).
+//!
+//! A chunk is first cut into sentences at sentence-final punctuation and each
+//! sentence is scored and decoded on its own, so a long line gives exactly the
+//! words of its sentences taken one by one. A sentence longer than the model's
+//! window is covered by overlapping windows (half-window stride); each unit takes
+//! its scores from the window in which it sits farthest from an edge. Nothing
+//! is ever truncated.
+
+use crate::bies::{argmax, viterbi, words_from_labels, Label, LabelSet, NUM_LABELS};
+use crate::dict::Dictionary;
+use crate::encode::{make_batch, split_sentences, Vocab, Window};
+use crate::hub::{resolve, HubSettings, ModelSource};
+use crate::model::{BertConfig, BertForTokenClassification};
+use crate::segment::{Chunk, WordSplitter};
+use crate::weights::{self, LoadOptions};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, D};
+use candle_nn::VarMap;
+use std::ops::Range;
+
+/// How label scores become labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decode {
+    /// Best valid BIES sequence (constrained Viterbi over log-probabilities).
+    Viterbi,
+    /// Best label per unit, then the lossless repair rule.
+    Argmax,
+}
+
+pub struct Tagger {
+    pub model: BertForTokenClassification,
+    pub varmap: VarMap,
+    pub config: BertConfig,
+    pub vocab: Vocab,
+    pub device: Device,
+    /// Units per window: the model's positions minus [CLS] and [SEP].
+    pub max_units: usize,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+}
+
+impl Tagger {
+    /// Loads a trained model from a model source (folder or hub id).
+    pub fn load(source: &str, device: &Device) -> Result<Self> {
+        let src = ModelSource::parse(source)?;
+        let files = resolve(&src, &HubSettings::from_env())?;
+        let weights_path = files
+            .weights
+            .as_ref()
+            .with_context(|| format!("{source} is a fresh config, not a trained model"))?;
+        let tok = files.tokenizer.as_ref().with_context(|| format!("{source} has no vocab.txt or tokenizer.json"))?;
+        let config = BertConfig::from_file(&files.config)?;
+        if config.num_labels() != NUM_LABELS {
+            bail!(
+                "{source} has {} output labels; a segmenter has 4 (B, I, E, S) — train one with `cws train`",
+                config.num_labels()
+            );
+        }
+        let vocab = Vocab::load(tok)?;
+        let varmap = VarMap::new();
+        let model = BertForTokenClassification::new_random(&varmap, &config, 0, DType::F32, device)?;
+        weights::load(&varmap, weights_path, LoadOptions::default())
+            .with_context(|| format!("loading weights of {source}"))?;
+        let max_units = config.max_position_embeddings.min(512) - 2;
+        Ok(Tagger {
+            model,
+            varmap,
+            config,
+            vocab,
+            device: device.clone(),
+            max_units,
+            batch_size: 64,
+        })
+    }
+
+    /// Log-probabilities of the four labels for every unit of every sequence.
+    pub fn scores(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<[f32; NUM_LABELS]>>> {
+        // Windows to run: (sequence, unit range); each unit's best window after.
+        let mut windows: Vec<(usize, Range<usize>)> = Vec::new();
+        for (s, ids) in sequences.iter().enumerate() {
+            for r in window_ranges(ids.len(), self.max_units) {
+                windows.push((s, r));
+            }
+        }
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        order.sort_by_key(|&w| windows[w].1.len());
+        let mut window_scores: Vec<Vec<[f32; NUM_LABELS]>> = vec![Vec::new(); windows.len()];
+        for group in order.chunks(self.batch_size) {
+            let ws: Vec<Window> = group
+                .iter()
+                .map(|&w| Window {
+                    ids: sequences[windows[w].0][windows[w].1.clone()].to_vec(),
+                    labels: Vec::new(),
+                })
+                .collect();
+            let refs: Vec<&Window> = ws.iter().collect();
+            let batch = make_batch(&refs, &self.vocab, &self.device)?;
+            let logits = self.model.forward(&batch.input_ids, &batch.attention_mask, None)?;
+            let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+            let rows: Vec<Vec<Vec<f32>>> = logp.to_vec3()?;
+            for (&w, row) in group.iter().zip(rows) {
+                let n = windows[w].1.len();
+                window_scores[w] = row[1..=n].iter().map(|v| [v[0], v[1], v[2], v[3]]).collect();
+            }
+        }
+        let mut out: Vec<Vec<[f32; NUM_LABELS]>> = sequences.iter().map(|s| vec![[0.0; NUM_LABELS]; s.len()]).collect();
+        let mut best_margin: Vec<Vec<usize>> = sequences.iter().map(|s| vec![0; s.len()]).collect();
+        let mut seen: Vec<Vec<bool>> = sequences.iter().map(|s| vec![false; s.len()]).collect();
+        for ((s, r), sc) in windows.iter().zip(&window_scores) {
+            for (k, score) in sc.iter().enumerate() {
+                let i = r.start + k;
+                let margin = k.min(r.len() - 1 - k);
+                if !seen[*s][i] || margin > best_margin[*s][i] {
+                    out[*s][i] = *score;
+                    best_margin[*s][i] = margin;
+                    seen[*s][i] = true;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Windows of at most `max_units` covering `0..n`, overlapping by half a window.
+pub fn window_ranges(n: usize, max_units: usize) -> Vec<Range<usize>> {
+    if n <= max_units {
+        return vec![0..n];
+    }
+    let stride = (max_units / 2).max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    loop {
+        let end = (start + max_units).min(n);
+        out.push(end - max_units.min(end)..end);
+        if end == n {
+            break;
+        }
+        start += stride;
+    }
+    out
+}
+
+/// The model-based word splitter of `cws segment` and `cws eval --model`.
+pub struct ModelSplitter<'a> {
+    pub tagger: &'a Tagger,
+    pub decode: Decode,
+    /// User dictionary: its leftmost-longest matches are forced to be words.
+    pub dict: Option<&'a Dictionary>,
+}
+
+impl WordSplitter for ModelSplitter<'_> {
+    fn split(&self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<usize>>> {
+        // Every chunk is cut into sentences; each sentence is one sequence.
+        let mut sequences = Vec::new();
+        let mut pieces: Vec<Vec<Range<usize>>> = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let keys: Vec<String> = c.units.iter().map(|u| u.key()).collect();
+            let ids = self.tagger.vocab.unit_ids(&c.units);
+            let sentences = split_sentences(&keys);
+            for r in &sentences {
+                sequences.push(ids[r.clone()].to_vec());
+            }
+            pieces.push(sentences);
+        }
+        let scores = self.tagger.scores(&sequences)?;
+        let mut next = scores.into_iter();
+        let mut out = Vec::with_capacity(chunks.len());
+        for (c, sentences) in chunks.iter().zip(&pieces) {
+            let allowed = self.dict.map(|d| dictionary_constraints(d, c));
+            let mut lengths = Vec::new();
+            for r in sentences {
+                let sc = next.next().expect("one score row per sentence");
+                let labels = match self.decode {
+                    Decode::Viterbi => viterbi(&sc, allowed.as_ref().map(|a| &a[r.clone()])),
+                    Decode::Argmax => match &allowed {
+                        Some(a) => argmax(&mask_scores(&sc, &a[r.clone()])),
+                        None => argmax(&sc),
+                    },
+                };
+                lengths.extend(words_from_labels(&labels).into_iter().map(|w| w.len()));
+            }
+            out.push(lengths);
+        }
+        Ok(out)
+    }
+}
+
+/// Per-unit allowed labels that make every dictionary match one word.
+/// Matches are leftmost-longest (see `dict`); units outside matches are free,
+/// except that the units next to a match must not continue into it.
+pub fn dictionary_constraints(dict: &Dictionary, chunk: &Chunk<'_>) -> Vec<LabelSet> {
+    use Label::*;
+    let n = chunk.units.len();
+    let mut allowed = vec![LabelSet::ALL; n];
+    for m in dict.matches(chunk.text, &chunk.units) {
+        if m.len() == 1 {
+            allowed[m.start] = LabelSet::only(&[S]);
+        } else {
+            allowed[m.start] = LabelSet::only(&[B]);
+            for a in &mut allowed[m.start + 1..m.end - 1] {
+                *a = LabelSet::only(&[I]);
+            }
+            allowed[m.end - 1] = LabelSet::only(&[E]);
+        }
+        if m.start > 0 {
+            allowed[m.start - 1] = intersect(allowed[m.start - 1], LabelSet::only(&[E, S]));
+        }
+        if m.end < n {
+            allowed[m.end] = intersect(allowed[m.end], LabelSet::only(&[B, S]));
+        }
+    }
+    allowed
+}
+
+fn intersect(a: LabelSet, b: LabelSet) -> LabelSet {
+    LabelSet(a.0 & b.0)
+}
+
+/// Scores with disallowed labels set to -inf, for argmax decoding.
+fn mask_scores(scores: &[[f32; NUM_LABELS]], allowed: &[LabelSet]) -> Vec<[f32; NUM_LABELS]> {
+    scores
+        .iter()
+        .zip(allowed)
+        .map(|(s, set)| {
+            let mut m = *s;
+            for (k, v) in m.iter_mut().enumerate() {
+                if !set.contains(Label::from_id(k).expect("label id")) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            m
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_and_overlap() {
+        assert_eq!(window_ranges(5, 8), [0..5]);
+        assert_eq!(window_ranges(10, 4), [0..4, 2..6, 4..8, 6..10]);
+        assert_eq!(window_ranges(9, 4), [0..4, 2..6, 4..8, 5..9]);
+    }
+}
