@@ -1,1 +1,5 @@
 //! cws: BERT-based Chinese word segmentation — library crate behind the `cws` binary.
+
+pub mod model;
+pub mod optim;
+pub mod weights;
