@@ -80,8 +80,8 @@ impl BertConfig {
 
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
-        let s = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let s =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_json_str(&s).with_context(|| format!("in {}", path.display()))
     }
 
@@ -212,7 +212,11 @@ impl DropoutRng {
     }
 }
 
-fn apply_dropout(x: &Tensor, p: f64, rng: &mut Option<&mut DropoutRng>) -> candle_core::Result<Tensor> {
+fn apply_dropout(
+    x: &Tensor,
+    p: f64,
+    rng: &mut Option<&mut DropoutRng>,
+) -> candle_core::Result<Tensor> {
     match rng {
         Some(r) => r.apply(x, p),
         None => Ok(x.clone()),
@@ -410,7 +414,9 @@ impl BertForTokenClassification {
         attention_mask: &Tensor,
         mut dropout: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
+        let (b, t) = input_ids
+            .dims2()
+            .context("input_ids must be [batch, seq]")?;
         if t > self.position_embeddings.dim(0)? {
             bail!(
                 "sequence length {t} exceeds max_position_embeddings {}",
@@ -419,7 +425,10 @@ impl BertForTokenClassification {
         }
         let h = self.word_embeddings.dim(1)?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
-        let words = self.word_embeddings.index_select(&ids, 0)?.reshape((b, t, h))?;
+        let words = self
+            .word_embeddings
+            .index_select(&ids, 0)?
+            .reshape((b, t, h))?;
         // Position and (all-zero) token-type embeddings are the same for every
         // sequence: add [t, h] + [1, h] once and broadcast over the batch.
         let pos_type = self

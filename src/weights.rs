@@ -161,3 +161,30 @@ pub fn save_tensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Re
     }
     result.with_context(|| format!("writing {}", path.display()))
 }
+
+/// Writes a folder that `transformers.BertForTokenClassification.from_pretrained`
+/// opens: `config.json` (marked as a token classifier) and `model.safetensors`.
+pub fn save_pretrained(
+    varmap: &VarMap,
+    cfg: &crate::model::BertConfig,
+    dir: impl AsRef<Path>,
+    dtype: DType,
+) -> Result<()> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cfg = cfg.clone();
+    cfg.extra.insert(
+        "architectures".into(),
+        serde_json::json!(["BertForTokenClassification"]),
+    );
+    cfg.extra
+        .entry("model_type")
+        .or_insert_with(|| serde_json::json!("bert"));
+    let json = cfg.to_json_string()?;
+    let cfg_path = dir.join("config.json");
+    let tmp = dir.join(format!(".config.json.tmp{}", std::process::id()));
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, &cfg_path))
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
+    save(varmap, dir.join("model.safetensors"), dtype)
+}

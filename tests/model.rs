@@ -219,8 +219,7 @@ fn every_parameter_receives_a_gradient() {
     let cfg = small_config(0.1);
     let varmap = VarMap::new();
     let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 7, DType::F32, &Device::Cpu)
-            .unwrap();
+        BertForTokenClassification::new_random(&varmap, &cfg, 7, DType::F32, &Device::Cpu).unwrap();
     let b = random_batch();
     let mut rng = DropoutRng::new(3);
     let logits = model.forward(&b.ids, &b.mask, Some(&mut rng)).unwrap();
@@ -248,8 +247,7 @@ fn random_init_is_seeded_and_hf_like() {
     let cfg = small_config(0.1);
     let make = |seed| {
         let vm = VarMap::new();
-        BertForTokenClassification::new_random(&vm, &cfg, seed, DType::F32, &Device::Cpu)
-            .unwrap();
+        BertForTokenClassification::new_random(&vm, &cfg, seed, DType::F32, &Device::Cpu).unwrap();
         snapshot(&vm)
     };
     let (a, b, c) = (make(1), make(1), make(2));
@@ -261,7 +259,10 @@ fn random_init_is_seeded_and_hf_like() {
         .iter()
         .all(|&x| x == 0.0));
     let std = (words.iter().map(|x| x * x).sum::<f32>() / words.len() as f32).sqrt();
-    assert!((std - cfg.initializer_range as f32).abs() < 0.01, "std {std}");
+    assert!(
+        (std - cfg.initializer_range as f32).abs() < 0.01,
+        "std {std}"
+    );
     assert!(a["bert.encoder.layer.0.output.LayerNorm.weight"]
         .iter()
         .all(|&x| x == 1.0));
@@ -273,8 +274,7 @@ fn dropout_only_in_training_and_reproducible() {
     let cfg = small_config(0.2);
     let varmap = VarMap::new();
     let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 7, DType::F32, &Device::Cpu)
-            .unwrap();
+        BertForTokenClassification::new_random(&varmap, &cfg, 7, DType::F32, &Device::Cpu).unwrap();
     let b = random_batch();
     let run = |rng: Option<&mut DropoutRng>| {
         let t = model.forward(&b.ids, &b.mask, rng).unwrap();
@@ -299,7 +299,11 @@ fn dropout_only_in_training_and_reproducible() {
 #[test]
 fn masked_cross_entropy_ignores_minus_100() {
     let dev = Device::Cpu;
-    let logits = Tensor::new(&[[[2f32, 0.0], [0.0, 0.0]], [[5.0, -5.0], [1.0, 3.0]]], &dev).unwrap();
+    let logits = Tensor::new(
+        &[[[2f32, 0.0], [0.0, 0.0]], [[5.0, -5.0], [1.0, 3.0]]],
+        &dev,
+    )
+    .unwrap();
     let labels = Tensor::new(&[[0i64, -100], [-100, 1]], &dev).unwrap();
     let loss = masked_cross_entropy(&logits, &labels)
         .unwrap()
@@ -441,13 +445,17 @@ fn save_then_load_round_trips() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(diff < 1e-2, "f16 checkpoint logits differ by {diff}");
+
+    // A folder for `scripts/make_parity_fixture.py --check-hf DIR` when asked for.
+    let export = std::env::var_os("CWS_EXPORT_PARITY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("export"));
+    weights::save_pretrained(&varmap, &fixture_config(), &export, DType::F32).unwrap();
+    let cfg = BertConfig::from_file(export.join("config.json")).unwrap();
+    assert_eq!(cfg.num_labels(), 4);
 }
 
-fn train_steps(
-    model: &BertForTokenClassification,
-    opt: &mut AdamW,
-    steps: std::ops::Range<u64>,
-) {
+fn train_steps(model: &BertForTokenClassification, opt: &mut AdamW, steps: std::ops::Range<u64>) {
     let b = random_batch();
     let sched = LinearSchedule {
         base_lr: 1e-2,
@@ -475,8 +483,7 @@ fn optimizer_state_round_trip_resumes_identically() {
 
     let varmap = VarMap::new();
     let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 5, DType::F32, &Device::Cpu)
-            .unwrap();
+        BertForTokenClassification::new_random(&varmap, &cfg, 5, DType::F32, &Device::Cpu).unwrap();
     let mut opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
     train_steps(&model, &mut opt, 0..2);
     weights::save(&varmap, &ckpt, DType::F32).unwrap();
