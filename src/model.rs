@@ -2,7 +2,8 @@
 //!
 //! candle-transformers' BERT is inference-only (no-op dropout, fused LayerNorm and
 //! softmax kernels without a backward pass), so every op here is one that candle's
-//! autograd can differentiate.
+//! autograd can differentiate, or one of our fused ops (`crate::fused`) that
+//! brings its own backward.
 
 use std::collections::BTreeMap;
 
@@ -168,7 +169,7 @@ impl Activation {
 
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::GeluErf => x.gelu_erf(),
+            Self::GeluErf => crate::fused::gelu_erf(x),
             Self::GeluTanh => x.gelu(),
             Self::Relu => x.relu(),
         }
@@ -482,7 +483,7 @@ impl BertForTokenClassification {
         let k = heads(l.key.forward(x)?)?;
         let v = heads(l.value.forward(x)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = softmax_last(&scores)?;
+        let probs = crate::fused::softmax_last(&scores)?;
         let probs = apply_dropout(&probs, self.attn_dropout, rng)?;
         let ctx = probs
             .matmul(&v)?

@@ -526,3 +526,118 @@ fn config_tolerates_real_hf_keys() {
     assert_eq!(back.extra["architectures"][0], "BertForTokenClassification");
     assert_eq!(fixture_config().num_labels(), 4);
 }
+
+/// Timing probe, not a check: `cargo test --test tests model::bench -- --ignored --nocapture`.
+/// Sizes via CWS_BENCH="layers,hidden,batch,seq" (default a 4-layer bert-base slice).
+#[test]
+#[ignore]
+fn bench_train_step() {
+    let spec = std::env::var("CWS_BENCH").unwrap_or_else(|_| "4,768,8,128".into());
+    let v: Vec<usize> = spec.split(',').map(|x| x.parse().unwrap()).collect();
+    let (layers, hidden, batch, seq) = (v[0], v[1], v[2], v[3]);
+    let mut cfg = small_config(0.1);
+    cfg.num_hidden_layers = layers;
+    cfg.hidden_size = hidden;
+    cfg.num_attention_heads = hidden / 64;
+    cfg.intermediate_size = 4 * hidden;
+    cfg.vocab_size = 21128;
+    cfg.max_position_embeddings = 512;
+    let varmap = VarMap::new();
+    let model =
+        BertForTokenClassification::new_random(&varmap, &cfg, 1, DType::F32, &Device::Cpu).unwrap();
+    let mut opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
+    let n = batch * seq;
+    let ids: Vec<u32> = (0..n).map(|i| (i * 7919 % 21000 + 100) as u32).collect();
+    let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu).unwrap();
+    let mask = Tensor::ones((batch, seq), DType::I64, &Device::Cpu).unwrap();
+    let labels: Vec<i64> = (0..n).map(|i| (i % 4) as i64).collect();
+    let labels = Tensor::from_vec(labels, (batch, seq), &Device::Cpu).unwrap();
+    let mut rng = DropoutRng::new(0);
+    for it in 0..3 {
+        let t0 = std::time::Instant::now();
+        let logits = model.forward(&ids, &mask, Some(&mut rng)).unwrap();
+        let loss = masked_cross_entropy(&logits, &labels).unwrap();
+        let t1 = std::time::Instant::now();
+        let grads = model.backward(&loss).unwrap();
+        let t2 = std::time::Instant::now();
+        let clip = clip_grad_norm(&grads, &opt.vars(), 1.0).unwrap();
+        opt.step(&grads, 1e-4, clip.scale).unwrap();
+        let t3 = std::time::Instant::now();
+        let e0 = std::time::Instant::now();
+        model.forward(&ids, &mask, None).unwrap();
+        let e1 = std::time::Instant::now();
+        println!(
+            "iter {it}: fwd {:?} bwd {:?} opt {:?} | eval fwd {:?}",
+            t1 - t0,
+            t2 - t1,
+            t3 - t2,
+            e1 - e0
+        );
+    }
+}
+
+/// Timing probe for the building blocks: `cargo test --test tests model::bench_ops -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_ops() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1024, 768), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3072, 768), &dev).unwrap();
+    let wt = w.t().unwrap().contiguous().unwrap();
+    let s = Tensor::randn(0f32, 1.0, (8, 12, 128, 128), &dev).unwrap();
+    let time = |what: &str, f: &dyn Fn() -> Tensor| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        println!("{what}: {:?}", t0.elapsed() / 5);
+    };
+    time("matmul x @ w.t() (strided)", &|| {
+        x.matmul(&w.t().unwrap()).unwrap()
+    });
+    time("matmul x @ wt (contiguous)", &|| x.matmul(&wt).unwrap());
+    time("softmax composite [8,12,128,128]", &|| {
+        let m = s.max_keepdim(3).unwrap();
+        let e = s.broadcast_sub(&m).unwrap().exp().unwrap();
+        let d = e.sum_keepdim(3).unwrap();
+        e.broadcast_div(&d).unwrap()
+    });
+    time("softmax_last_dim fused", &|| {
+        candle_nn::ops::softmax_last_dim(&s).unwrap()
+    });
+    let y = x.matmul(&wt).unwrap();
+    time("gelu_erf [1024,3072]", &|| y.gelu_erf().unwrap());
+    let b = Tensor::randn(0f32, 1.0, 3072, &dev).unwrap();
+    time("bias broadcast_add [1024,3072]", &|| {
+        y.broadcast_add(&b).unwrap()
+    });
+    time("plain add [1024,3072]", &|| (&y + &y).unwrap());
+}
+
+#[test]
+fn fused_ops_match_candle_composites_with_gradients() {
+    let dev = Device::Cpu;
+    let x = candle_core::Var::from_tensor(&(Tensor::randn(0f32, 3.0, (3, 5, 17), &dev).unwrap()))
+        .unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 5, 17), &dev).unwrap();
+    type Op = fn(&Tensor) -> candle_core::Result<Tensor>;
+    let reference_softmax: Op = |x| candle_nn::ops::softmax(x, candle_core::D::Minus1);
+    let reference_gelu: Op = |x| x.gelu_erf();
+    let cases: [(&str, Op, Op); 2] = [
+        ("softmax", cws::fused::softmax_last, reference_softmax),
+        ("gelu", cws::fused::gelu_erf, reference_gelu),
+    ];
+    for (what, fused, reference) in cases {
+        let y1 = fused(x.as_tensor()).unwrap();
+        let y2 = reference(x.as_tensor()).unwrap();
+        assert_close(what, &y1, &y2);
+        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(
+            &format!("{what} grad"),
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+    }
+}
