@@ -282,15 +282,6 @@ impl LayerNorm {
     }
 }
 
-/// Softmax over the last dim from differentiable primitives
-/// (`candle_nn::ops::softmax_last_dim` is a custom op without backward).
-fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&sum)
-}
-
 #[derive(Debug, Clone)]
 struct Layer {
     query: Linear,
