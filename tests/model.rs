@@ -641,3 +641,39 @@ fn fused_ops_match_candle_composites_with_gradients() {
         );
     }
 }
+
+#[test]
+fn half_precision_weights_train_and_track_f32() {
+    let e = expected();
+    let b = fixture_batch(&e);
+    for dtype in [DType::BF16, DType::F16] {
+        let cfg = fixture_config();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
+        let model = BertForTokenClassification::new(vb, &cfg).unwrap();
+        weights::load(
+            &varmap,
+            fixture("model.safetensors"),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let logits = model.forward(&b.ids, &b.mask, None).unwrap();
+        assert_eq!(logits.dtype(), dtype);
+        let diff = (logits.to_dtype(DType::F32).unwrap() - &e["logits"])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 0.1, "{dtype:?} logits differ by {diff}");
+        let loss = masked_cross_entropy(&logits, &b.labels).unwrap();
+        let grads = model.backward(&loss).unwrap();
+        let mut opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
+        let clip = clip_grad_norm(&grads, &opt.vars(), 1.0).unwrap();
+        assert!(clip.norm.is_finite() && clip.norm > 0.0);
+        opt.step(&grads, 1e-3, clip.scale).unwrap();
+        assert_eq!(var(&varmap, "classifier.weight").dtype(), dtype);
+    }
+}
