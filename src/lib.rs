@@ -1,6 +1,8 @@
 //! cws: BERT-based Chinese word segmentation. The pipeline stages, in the order
 //! data flows through them:
-//! corpus → units → bies → (hub → model) → segment / score.
+//! corpus → units → bies → encode (ids, windows, batches) → hub/weights → model
+//! → tagger (label scores, decoding) → segment / score; train and optim drive
+//! learning, config and checkpoint hold its settings and results.
 
 pub mod bies;
 pub mod checkpoint;
@@ -9,7 +11,13 @@ pub mod config;
 pub mod corpus;
 pub mod dict;
 pub mod encode;
+pub mod fused;
 pub mod hub;
+pub mod model;
+pub mod optim;
 pub mod score;
 pub mod segment;
+pub mod tagger;
+pub mod train;
 pub mod units;
+pub mod weights;

@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod segment;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -24,14 +25,18 @@ pub enum Command {
     /// Segment text: reads lines from stdin (or --input), writes them with words separated.
     #[command(after_help = segment::EXAMPLES)]
     Segment(segment::Args),
-    /// Score a segmentation against gold with the SIGHAN 2005 method.
+    /// Score a segmentation (or a model's) against gold with the SIGHAN 2005 method.
     #[command(after_help = eval::EXAMPLES)]
     Eval(eval::Args),
+    /// Train a segmenter: fine-tune bert-base-chinese or train a small BERT from scratch.
+    #[command(after_help = train::EXAMPLES)]
+    Train(train::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Segment(args) => segment::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args),
     }
 }

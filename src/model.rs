@@ -1,0 +1,577 @@
+//! Trainable BERT token classifier (HF `BertForTokenClassification` layout) built on candle.
+//!
+//! candle-transformers' BERT is inference-only (no-op dropout, fused LayerNorm and
+//! softmax kernels without a backward pass), so every op here is one that candle's
+//! autograd can differentiate, or one of our fused ops (`crate::fused`) that
+//! brings its own backward.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{backprop::GradStore, DType, Device, Tensor, D};
+use candle_nn::{Init, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+/// HF `config.json` of a BERT model. Keys we do not use are kept in `extra` so a
+/// config read from a checkpoint is written back unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default = "default_max_position")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    /// Keys are decimal label indices, as HF writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label2id: Option<BTreeMap<String, usize>>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_hidden_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_position() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_initializer_range() -> f64 {
+    0.02
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+
+/// BIES tag names in label-index order.
+pub const BIES: [&str; 4] = ["B", "I", "E", "S"];
+
+impl BertConfig {
+    pub fn from_json_str(s: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(s).context("parsing BERT config.json")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let s =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_json_str(&s).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn to_json_string(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if self.pad_token_id >= self.vocab_size {
+            bail!("pad_token_id {} outside vocab", self.pad_token_id);
+        }
+        Activation::parse(&self.hidden_act)?;
+        Ok(())
+    }
+
+    /// Number of output labels; HF's default of 2 when the config names none.
+    pub fn num_labels(&self) -> usize {
+        if let Some(m) = &self.id2label {
+            return m.len();
+        }
+        self.extra
+            .get("num_labels")
+            .and_then(|v| v.as_u64())
+            .map_or(2, |n| n as usize)
+    }
+
+    /// Turns the config into that of a token classifier over `labels`, marking it
+    /// as such for transformers' `from_pretrained`.
+    pub fn set_labels(&mut self, labels: &[&str]) {
+        self.id2label = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l.to_string()))
+                .collect(),
+        );
+        self.label2id = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.to_string(), i))
+                .collect(),
+        );
+        self.extra.remove("num_labels");
+        self.extra.insert(
+            "architectures".into(),
+            serde_json::json!(["BertForTokenClassification"]),
+        );
+        self.extra
+            .entry("model_type")
+            .or_insert_with(|| serde_json::json!("bert"));
+    }
+
+    fn classifier_dropout_prob(&self) -> f64 {
+        self.classifier_dropout.unwrap_or(self.hidden_dropout_prob)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "gelu" => Self::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            other => bail!("unsupported hidden_act {other:?}"),
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::GeluErf => crate::fused::gelu_erf(x),
+            Self::GeluTanh => x.gelu(),
+            Self::Relu => x.relu(),
+        }
+    }
+}
+
+/// Source of dropout masks. Passing one to `forward` means training mode; a
+/// seeded instance makes a CPU training run reproducible.
+pub struct DropoutRng {
+    rng: rand::rngs::SmallRng,
+}
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: rand::rngs::SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Inverted dropout as torch does it: kept units are scaled by 1/(1-p).
+    fn apply(&mut self, x: &Tensor, p: f64) -> candle_core::Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        if p >= 1.0 {
+            return x.zeros_like();
+        }
+        let n = x.elem_count();
+        // Comparing raw 32-bit draws against a threshold avoids a float conversion per unit.
+        let threshold = (p * 4294967296.0) as u64;
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mut mask = Vec::with_capacity(n);
+        while mask.len() < n {
+            let r: u64 = self.rng.random();
+            for half in [r & 0xffff_ffff, r >> 32] {
+                if mask.len() < n {
+                    mask.push(if half >= threshold { scale } else { 0.0 });
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x.mul(&mask)
+    }
+}
+
+fn apply_dropout(
+    x: &Tensor,
+    p: f64,
+    rng: &mut Option<&mut DropoutRng>,
+) -> candle_core::Result<Tensor> {
+    match rng {
+        Some(r) => r.apply(x, p),
+        None => Ok(x.clone()),
+    }
+}
+
+/// `x @ w.T + b` on 2-D activations `[n, in]`; keeping activations 2-D lets
+/// one GEMM cover the whole batch.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints((out_dim, in_dim), "weight", Init::Const(0.))?,
+            bias: vb.get_with_hints(out_dim, "bias", Init::Const(0.))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// LayerNorm from differentiable primitives (candle-nn's fused one has no backward).
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.))?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        // Half-precision statistics lose too much; normalise in f32 like torch's kernel.
+        let xf = match dtype {
+            DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+            _ => x.clone(),
+        };
+        let mean = xf.mean_keepdim(D::Minus1)?;
+        let centered = xf.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_ln: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_ln: LayerNorm,
+}
+
+/// HF `BertForTokenClassification` without the pooler. Weights live in the
+/// `VarMap` behind the `VarBuilder` given to [`BertForTokenClassification::new`].
+#[derive(Debug, Clone)]
+pub struct BertForTokenClassification {
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Tensor,
+    emb_ln: LayerNorm,
+    layers: Vec<Layer>,
+    classifier: Linear,
+    num_heads: usize,
+    head_dim: usize,
+    act: Activation,
+    hidden_dropout: f64,
+    attn_dropout: f64,
+    classifier_dropout: f64,
+    pad_token_id: usize,
+    dtype: DType,
+}
+
+impl BertForTokenClassification {
+    /// Creates (or fetches) every parameter under its HF name. With a fresh
+    /// `VarMap` the values are placeholders: call [`init_weights`] or load a checkpoint.
+    pub fn new(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        cfg.validate()?;
+        let h = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        let bert = vb.pp("bert");
+        let emb = bert.pp("embeddings");
+        let word_embeddings = emb.pp("word_embeddings").get_with_hints(
+            (cfg.vocab_size, h),
+            "weight",
+            Init::Const(0.),
+        )?;
+        let position_embeddings = emb.pp("position_embeddings").get_with_hints(
+            (cfg.max_position_embeddings, h),
+            "weight",
+            Init::Const(0.),
+        )?;
+        let token_type_embeddings = emb.pp("token_type_embeddings").get_with_hints(
+            (cfg.type_vocab_size.max(1), h),
+            "weight",
+            Init::Const(0.),
+        )?;
+        let emb_ln = LayerNorm::new(emb.pp("LayerNorm"), h, eps)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = bert.pp("encoder").pp("layer").pp(i);
+            let att = l.pp("attention");
+            let s = att.pp("self");
+            layers.push(Layer {
+                query: Linear::new(s.pp("query"), h, h)?,
+                key: Linear::new(s.pp("key"), h, h)?,
+                value: Linear::new(s.pp("value"), h, h)?,
+                attn_out: Linear::new(att.pp("output").pp("dense"), h, h)?,
+                attn_ln: LayerNorm::new(att.pp("output").pp("LayerNorm"), h, eps)?,
+                intermediate: Linear::new(
+                    l.pp("intermediate").pp("dense"),
+                    h,
+                    cfg.intermediate_size,
+                )?,
+                output: Linear::new(l.pp("output").pp("dense"), cfg.intermediate_size, h)?,
+                out_ln: LayerNorm::new(l.pp("output").pp("LayerNorm"), h, eps)?,
+            });
+        }
+        let classifier = Linear::new(vb.pp("classifier"), h, cfg.num_labels())?;
+        Ok(Self {
+            dtype: word_embeddings.dtype(),
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            emb_ln,
+            layers,
+            classifier,
+            num_heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+            act: Activation::parse(&cfg.hidden_act)?,
+            hidden_dropout: cfg.hidden_dropout_prob,
+            attn_dropout: cfg.attention_probs_dropout_prob,
+            classifier_dropout: cfg.classifier_dropout_prob(),
+            pad_token_id: cfg.pad_token_id,
+        })
+    }
+
+    /// Convenience: a fresh `VarMap`-backed model with seeded HF-style init.
+    pub fn new_random(
+        varmap: &VarMap,
+        cfg: &BertConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let model = Self::new(VarBuilder::from_varmap(varmap, dtype, device), cfg)?;
+        init_weights(varmap, cfg, seed)?;
+        Ok(model)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        self.word_embeddings.device()
+    }
+
+    /// Logits `[b, t, num_labels]` in the weights' dtype. `input_ids` is u32
+    /// `[b, t]`, `attention_mask` any numeric dtype with 1 = attend, 0 = padding.
+    /// `dropout: Some(_)` is training mode.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids
+            .dims2()
+            .context("input_ids must be [batch, seq]")?;
+        if t > self.position_embeddings.dim(0)? {
+            bail!(
+                "sequence length {t} exceeds max_position_embeddings {}",
+                self.position_embeddings.dim(0)?
+            );
+        }
+        let h = self.word_embeddings.dim(1)?;
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        let words = self
+            .word_embeddings
+            .index_select(&ids, 0)?
+            .reshape((b, t, h))?;
+        // Position and (all-zero) token-type embeddings are the same for every
+        // sequence: add [t, h] + [1, h] once and broadcast over the batch.
+        let pos_type = self
+            .position_embeddings
+            .narrow(0, 0, t)?
+            .broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?;
+        let x = words.broadcast_add(&pos_type)?.reshape((b * t, h))?;
+        let x = self.emb_ln.forward(&x)?;
+        let mut x = apply_dropout(&x, self.hidden_dropout, &mut dropout)?;
+
+        let bias = self.attention_bias(attention_mask, b, t)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &bias, b, t, &mut dropout)?;
+        }
+        let x = apply_dropout(&x, self.classifier_dropout, &mut dropout)?;
+        let logits = self.classifier.forward(&x)?;
+        Ok(logits.reshape((b, t, ()))?)
+    }
+
+    /// Additive mask `[b, 1, 1, t]`: 0 where attended, the dtype's lowest value
+    /// on padding, as current transformers builds it.
+    fn attention_bias(&self, mask: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        let lowest = match self.dtype {
+            DType::F16 => f64::from(half::f16::MIN),
+            DType::BF16 => f64::from(half::bf16::MIN),
+            DType::F64 => f64::MIN,
+            _ => f64::from(f32::MIN),
+        };
+        let mask = mask.to_dtype(self.dtype)?;
+        let bias = ((1.0 - mask)? * lowest)?;
+        Ok(bias.reshape((b, 1, 1, t))?)
+    }
+
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        bias: &Tensor,
+        b: usize,
+        t: usize,
+        rng: &mut Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (nh, hd) = (self.num_heads, self.head_dim);
+        // [b*t, h] -> [b, nh, t, hd]; matmul needs the head dim innermost and contiguous.
+        let heads = |y: Tensor| -> candle_core::Result<Tensor> {
+            y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = heads((l.query.forward(x)? * (1.0 / (hd as f64).sqrt()))?)?;
+        let k = heads(l.key.forward(x)?)?;
+        let v = heads(l.value.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let probs = crate::fused::softmax_last(&scores)?;
+        let probs = apply_dropout(&probs, self.attn_dropout, rng)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * hd))?;
+        let a = l.attn_out.forward(&ctx)?;
+        let a = apply_dropout(&a, self.hidden_dropout, rng)?;
+        let a = l.attn_ln.forward(&(a + x)?)?;
+        let i = self.act.apply(&l.intermediate.forward(&a)?)?;
+        let o = l.output.forward(&i)?;
+        let o = apply_dropout(&o, self.hidden_dropout, rng)?;
+        Ok(l.out_ln.forward(&(o + a)?)?)
+    }
+
+    /// `loss.backward()` plus torch's `padding_idx` rule: the padding row of the
+    /// word embeddings never receives a gradient.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut grads = loss.backward()?;
+        if let Some(g) = grads.get(&self.word_embeddings) {
+            let vocab = g.dim(0)?;
+            let mut keep = vec![1f32; vocab];
+            keep[self.pad_token_id] = 0.0;
+            let keep = Tensor::from_vec(keep, (vocab, 1), g.device())?.to_dtype(g.dtype())?;
+            let masked = g.broadcast_mul(&keep)?;
+            grads.insert(&self.word_embeddings, masked);
+        }
+        Ok(grads)
+    }
+}
+
+/// Seeded HF-style init of every var in `varmap`: normal(0, initializer_range)
+/// for linear and embedding weights with the padding row zeroed, LayerNorm 1/0,
+/// biases 0. Vars are visited in name order so one seed always gives the same model.
+pub fn init_weights(varmap: &VarMap, cfg: &BertConfig, seed: u64) -> Result<()> {
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0f32, cfg.initializer_range as f32)?;
+    for name in names {
+        let var = &data[name];
+        let shape = var.shape().clone();
+        let n = shape.elem_count();
+        let values: Vec<f32> = if name.contains("LayerNorm") {
+            let v = if name.ends_with(".weight") { 1.0 } else { 0.0 };
+            vec![v; n]
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else {
+            let mut v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+            if name.ends_with("word_embeddings.weight") {
+                let cols = shape.dims()[1];
+                let row = cfg.pad_token_id * cols;
+                v[row..row + cols].fill(0.0);
+            }
+            v
+        };
+        let t = Tensor::from_vec(values, shape, var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// Mean cross-entropy over positions whose label is not -100, like torch's
+/// `CrossEntropyLoss(ignore_index=-100)`. `logits` `[.., c]`, `labels` i64 of the
+/// leading shape. Computed in f32. Errors when every label is ignored.
+pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let c = logits.dim(D::Minus1)?;
+    let logits = logits.to_dtype(DType::F32)?.reshape(((), c))?;
+    let n = logits.dim(0)?;
+    let labels: Vec<i64> = labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+    if labels.len() != n {
+        bail!("{} labels for {n} logit rows", labels.len());
+    }
+    let mut idx = Vec::with_capacity(n);
+    let mut keep = Vec::with_capacity(n);
+    let mut count = 0usize;
+    for &l in &labels {
+        if l == -100 {
+            idx.push(0u32);
+            keep.push(0f32);
+        } else {
+            if l < 0 || l as usize >= c {
+                bail!("label {l} outside 0..{c}");
+            }
+            idx.push(l as u32);
+            keep.push(1f32);
+            count += 1;
+        }
+    }
+    if count == 0 {
+        bail!("every label is ignored (-100)");
+    }
+    let dev = logits.device();
+    let idx = Tensor::from_vec(idx, (n, 1), dev)?;
+    let keep = Tensor::from_vec(keep, n, dev)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = logp.gather(&idx, 1)?.squeeze(1)?;
+    Ok((picked.mul(&keep)?.sum_all()? * (-1.0 / count as f64))?)
+}

@@ -1,0 +1,241 @@
+//! AdamW, LR schedule and gradient clipping with the exact arithmetic of torch/transformers.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+/// Hyper-parameters of `torch.optim.AdamW`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// transformers' rule (and the fixture's): biases and LayerNorm parameters are not decayed.
+pub fn decays(name: &str) -> bool {
+    !(name.ends_with(".bias") || name.contains("LayerNorm"))
+}
+
+struct Param {
+    name: String,
+    var: Var,
+    decay: bool,
+    /// First and second moments, f32 whatever the param's dtype.
+    m: Tensor,
+    v: Tensor,
+}
+
+/// `torch.optim.AdamW` over two groups (decay / no-decay, see [`decays`]).
+/// Moments are kept in f32; the update is computed in f32 and cast back.
+pub struct AdamW {
+    params: Vec<Param>,
+    cfg: AdamWConfig,
+    step: u64,
+}
+
+impl AdamW {
+    /// All vars of `varmap`, in name order.
+    pub fn new(varmap: &VarMap, cfg: AdamWConfig) -> Result<Self> {
+        let data = varmap.data().lock().expect("VarMap lock poisoned");
+        let mut named: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        drop(data);
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::from_named_vars(named, cfg)
+    }
+
+    pub fn from_named_vars(named: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        let params = named
+            .into_iter()
+            .map(|(name, var)| {
+                let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                Ok(Param {
+                    decay: decays(&name),
+                    v: m.clone(),
+                    m,
+                    name,
+                    var,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            params,
+            cfg,
+            step: 0,
+        })
+    }
+
+    /// Optimizer steps taken so far (torch's per-param `step`).
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().map(|p| p.var.clone()).collect()
+    }
+
+    /// One AdamW step at learning rate `lr` on `grads * grad_scale` (pass the
+    /// scale from [`clip_grad_norm`]; folding it in here saves a pass over the
+    /// gradients). Params without a gradient are skipped, as torch skips `None` grads.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.step += 1;
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.cfg;
+        let t = self.step as i32;
+        let bias1 = 1.0 - beta1.powi(t);
+        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let step_size = lr / bias1;
+        for p in &mut self.params {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let g = g.to_dtype(DType::F32)?;
+            let g = if grad_scale != 1.0 {
+                (g * grad_scale)?
+            } else {
+                g
+            };
+            p.m = ((&p.m * beta1)? + (&g * (1.0 - beta1))?)?;
+            p.v = ((&p.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let mut w = p.var.as_tensor().to_dtype(DType::F32)?;
+            if p.decay && weight_decay != 0.0 {
+                w = (w * (1.0 - lr * weight_decay))?;
+            }
+            let denom = ((p.v.sqrt()? / bias2_sqrt)? + eps)?;
+            let w = (w - (p.m.div(&denom)? * step_size)?)?;
+            p.var.set(&w.to_dtype(p.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// Saves step count and moments (`adamw.step`, `m.<name>`, `v.<name>`).
+    pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut t = HashMap::new();
+        t.insert(
+            "adamw.step".to_string(),
+            Tensor::new(&[self.step as i64], &Device::Cpu)?,
+        );
+        for p in &self.params {
+            t.insert(format!("m.{}", p.name), p.m.clone());
+            t.insert(format!("v.{}", p.name), p.v.clone());
+        }
+        crate::weights::save_tensors_atomic(&t, path.as_ref())
+    }
+
+    /// Restores a state written by [`AdamW::save_state`] for the same parameters.
+    pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut t = candle_core::safetensors::load(path, &Device::Cpu)
+            .with_context(|| format!("reading optimizer state {}", path.display()))?;
+        let step = t
+            .remove("adamw.step")
+            .context("optimizer state has no adamw.step")?
+            .to_vec1::<i64>()?;
+        let mut problems = Vec::new();
+        let mut moments = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let mut pair = Vec::with_capacity(2);
+            for kind in ["m", "v"] {
+                let key = format!("{kind}.{}", p.name);
+                match t.remove(&key) {
+                    Some(x) if x.dims() == p.var.dims() => pair.push(x),
+                    Some(x) => problems.push(format!(
+                        "  {key}: expected {:?}, found {:?}",
+                        p.var.dims(),
+                        x.dims()
+                    )),
+                    None => problems.push(format!("  {key}: missing")),
+                }
+            }
+            moments.push(pair);
+        }
+        if !problems.is_empty() {
+            bail!(
+                "optimizer state {} does not fit the model:\n{}",
+                path.display(),
+                problems.join("\n")
+            );
+        }
+        for (p, pair) in self.params.iter_mut().zip(moments) {
+            let dev = p.var.device();
+            p.m = pair[0].to_dtype(DType::F32)?.to_device(dev)?;
+            p.v = pair[1].to_dtype(DType::F32)?.to_device(dev)?;
+        }
+        self.step = step.first().copied().unwrap_or(0).max(0) as u64;
+        Ok(())
+    }
+}
+
+/// transformers' `get_linear_schedule_with_warmup`: linear ramp from 0 over
+/// `warmup` steps, then linear decay to 0 at `total`. `lr(k)` is the rate used by
+/// the optimizer step that follows `k` scheduler steps (so the first step uses `lr(0)`).
+#[derive(Debug, Clone, Copy)]
+pub struct LinearSchedule {
+    pub base_lr: f64,
+    pub warmup: u64,
+    pub total: u64,
+}
+
+impl LinearSchedule {
+    pub fn lr(&self, step: u64) -> f64 {
+        let factor = if step < self.warmup {
+            step as f64 / self.warmup.max(1) as f64
+        } else {
+            let left = self.total.saturating_sub(step) as f64;
+            (left / self.total.saturating_sub(self.warmup).max(1) as f64).max(0.0)
+        };
+        self.base_lr * factor
+    }
+}
+
+/// Result of [`clip_grad_norm`]: the pre-clip global L2 norm and the factor to
+/// apply to the gradients (1 when no clipping happens).
+#[derive(Debug, Clone, Copy)]
+pub struct Clip {
+    pub norm: f64,
+    pub scale: f64,
+}
+
+/// `torch.nn.utils.clip_grad_norm_` without rewriting the gradients: returns
+/// the scale `min(1, max_norm / (norm + 1e-6))` to hand to [`AdamW::step`].
+pub fn clip_grad_norm(grads: &GradStore, vars: &[Var], max_norm: f64) -> Result<Clip> {
+    let mut sq = Vec::with_capacity(vars.len());
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+        }
+    }
+    if sq.is_empty() {
+        return Ok(Clip {
+            norm: 0.0,
+            scale: 1.0,
+        });
+    }
+    // One device->host transfer for all tensors.
+    let norm = Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
+    let coef = max_norm / (norm + 1e-6);
+    Ok(Clip {
+        norm,
+        scale: coef.min(1.0),
+    })
+}

@@ -1,0 +1,679 @@
+//! Tests of the BERT model, checkpoint I/O and optimizer against the PyTorch fixture.
+//!
+//! Closeness, used throughout: |actual - expected| <= RTOL * (|expected| + max|expected|)
+//! elementwise, with RTOL = 1e-4. The max|expected| term keeps elements near zero
+//! from demanding more precision than the tensor's scale allows.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use cws::model::{masked_cross_entropy, BertConfig, BertForTokenClassification, DropoutRng};
+use cws::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
+use cws::weights::{self, LoadOptions};
+
+const RTOL: f64 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity")
+        .join(name)
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture("expected.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn assert_close(what: &str, actual: &Tensor, expected: &Tensor) {
+    assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
+    let (a, e) = (to_f64(actual), to_f64(expected));
+    let scale = e.iter().fold(0f64, |m, x| m.max(x.abs()));
+    for (i, (x, y)) in a.iter().zip(&e).enumerate() {
+        assert!(
+            (x - y).abs() <= RTOL * (y.abs() + scale),
+            "{what}[{i}]: {x} vs expected {y} (scale {scale})"
+        );
+    }
+}
+
+fn fixture_config() -> BertConfig {
+    BertConfig::from_file(fixture("config.json")).unwrap()
+}
+
+/// The fixture model loaded into a fresh VarMap.
+fn fixture_model() -> (VarMap, BertForTokenClassification) {
+    let cfg = fixture_config();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = BertForTokenClassification::new(vb, &cfg).unwrap();
+    weights::load(
+        &varmap,
+        fixture("model.safetensors"),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    (varmap, model)
+}
+
+struct Batch {
+    ids: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+}
+
+fn fixture_batch(e: &HashMap<String, Tensor>) -> Batch {
+    Batch {
+        ids: e["input_ids"].to_dtype(DType::U32).unwrap(),
+        mask: e["attention_mask"].clone(),
+        labels: e["labels"].clone(),
+    }
+}
+
+fn var(varmap: &VarMap, name: &str) -> Tensor {
+    varmap.data().lock().unwrap()[name].as_tensor().clone()
+}
+
+fn snapshot(varmap: &VarMap) -> HashMap<String, Vec<f32>> {
+    varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let t = v.as_tensor().flatten_all().unwrap();
+            (k.clone(), t.to_vec1::<f32>().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn parity_forward_loss_and_gradients() {
+    let e = expected();
+    let (varmap, model) = fixture_model();
+    let b = fixture_batch(&e);
+    let logits = model.forward(&b.ids, &b.mask, None).unwrap();
+    assert_close("logits", &logits, &e["logits"]);
+    let loss = masked_cross_entropy(&logits, &b.labels).unwrap();
+    assert_close("loss", &loss.reshape(1).unwrap(), &e["loss"]);
+
+    let grads = model.backward(&loss).unwrap();
+    let mut checked = 0;
+    for (key, want) in &e {
+        if let Some(name) = key.strip_prefix("grad.") {
+            let got = grads.get(&var(&varmap, name)).expect(name);
+            assert_close(key, got, want);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} gradients in the fixture");
+}
+
+#[test]
+fn parity_three_adamw_steps_with_clipping_and_schedule() {
+    let e = expected();
+    let (varmap, model) = fixture_model();
+    let b = fixture_batch(&e);
+    let mut opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
+    let sched = LinearSchedule {
+        base_lr: 1e-3,
+        warmup: 2,
+        total: 6,
+    };
+    let max_norm = to_f64(&e["max_norm"])[0];
+    let norms = to_f64(&e["grad_norms"]);
+    let lrs = to_f64(&e["lrs"]);
+    // Dropout is 0 in the fixture, so training mode must match torch's train() run.
+    let mut rng = DropoutRng::new(0);
+    for step in 0..3 {
+        let logits = model.forward(&b.ids, &b.mask, Some(&mut rng)).unwrap();
+        let loss = masked_cross_entropy(&logits, &b.labels).unwrap();
+        let grads = model.backward(&loss).unwrap();
+        let clip = clip_grad_norm(&grads, &opt.vars(), max_norm).unwrap();
+        assert!(
+            (clip.norm - norms[step]).abs() <= RTOL * norms[step],
+            "step {step}: grad norm {} vs {}",
+            clip.norm,
+            norms[step]
+        );
+        assert!(clip.scale < 1.0, "the fixture must exercise clipping");
+        let lr = sched.lr(step as u64);
+        assert!((lr - lrs[step]).abs() < 1e-12, "step {step}: lr {lr}");
+        opt.step(&grads, lr, clip.scale).unwrap();
+    }
+    let mut checked = 0;
+    for (key, want) in &e {
+        if let Some(name) = key.strip_prefix("step3.") {
+            checked += 1;
+            if is_key_bias(name) {
+                // Its gradient is rounding noise (see is_key_bias), and Adam scales
+                // noise up to ~lr per step: only the total movement is bounded.
+                let (g, w) = (to_f64(&var(&varmap, name)), to_f64(want));
+                let bound: f64 = lrs.iter().sum::<f64>() * 1.01;
+                for (x, y) in g.iter().zip(&w) {
+                    assert!((x - y).abs() <= bound, "{key}: {x} vs {y}");
+                }
+                continue;
+            }
+            assert_close(key, &var(&varmap, name), want);
+        }
+    }
+    assert_eq!(checked, varmap.all_vars().len(), "every param is checked");
+    // The updates themselves are ~1e-3 of the weights; compare them on their own scale.
+    let init: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, w0) in &init {
+        if is_key_bias(name) {
+            continue;
+        }
+        let got = (var(&varmap, name) - w0).unwrap();
+        let want = (&e[&format!("step3.{name}")] - w0).unwrap();
+        let (g, w) = (to_f64(&got), to_f64(&want));
+        let scale = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+        for (i, (x, y)) in g.iter().zip(&w).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-3 * scale + 1e-7,
+                "update of {name}[{i}]: {x} vs {y} (scale {scale})"
+            );
+        }
+    }
+}
+
+/// Adding the key bias shifts every score of a query by the same amount, which
+/// softmax cancels: its true gradient is 0 and what torch and candle compute is
+/// float rounding noise, which cannot agree.
+fn is_key_bias(name: &str) -> bool {
+    name.ends_with("attention.self.key.bias")
+}
+
+fn small_config(dropout: f64) -> BertConfig {
+    let mut cfg = fixture_config();
+    cfg.hidden_dropout_prob = dropout;
+    cfg.attention_probs_dropout_prob = dropout;
+    cfg
+}
+
+fn random_batch() -> Batch {
+    let dev = Device::Cpu;
+    let ids: Vec<u32> = vec![2, 17, 33, 90, 5, 3, 2, 44, 3, 0, 0, 0];
+    let mask: Vec<i64> = vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0];
+    let labels: Vec<i64> = vec![-100, 0, 1, 2, 3, -100, -100, 3, -100, -100, -100, -100];
+    Batch {
+        ids: Tensor::from_vec(ids, (2, 6), &dev).unwrap(),
+        mask: Tensor::from_vec(mask, (2, 6), &dev).unwrap(),
+        labels: Tensor::from_vec(labels, (2, 6), &dev).unwrap(),
+    }
+}
+
+#[test]
+fn every_parameter_receives_a_gradient() {
+    let cfg = small_config(0.1);
+    let varmap = VarMap::new();
+    let model =
+        BertForTokenClassification::new_random(&varmap, &cfg, 7, DType::F32, &Device::Cpu).unwrap();
+    let b = random_batch();
+    let mut rng = DropoutRng::new(3);
+    let logits = model.forward(&b.ids, &b.mask, Some(&mut rng)).unwrap();
+    let loss = masked_cross_entropy(&logits, &b.labels).unwrap();
+    let grads = model.backward(&loss).unwrap();
+    let vars = varmap.data().lock().unwrap();
+    assert_eq!(vars.len(), 5 + 16 * cfg.num_hidden_layers + 2);
+    for (name, v) in vars.iter() {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let max = g
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max > 0.0 && max.is_finite(), "{name}: gradient max {max}");
+    }
+}
+
+#[test]
+fn random_init_is_seeded_and_hf_like() {
+    let cfg = small_config(0.1);
+    let make = |seed| {
+        let vm = VarMap::new();
+        BertForTokenClassification::new_random(&vm, &cfg, seed, DType::F32, &Device::Cpu).unwrap();
+        snapshot(&vm)
+    };
+    let (a, b, c) = (make(1), make(1), make(2));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let words = &a["bert.embeddings.word_embeddings.weight"];
+    let h = cfg.hidden_size;
+    assert!(words[cfg.pad_token_id * h..(cfg.pad_token_id + 1) * h]
+        .iter()
+        .all(|&x| x == 0.0));
+    let std = (words.iter().map(|x| x * x).sum::<f32>() / words.len() as f32).sqrt();
+    assert!(
+        (std - cfg.initializer_range as f32).abs() < 0.01,
+        "std {std}"
+    );
+    assert!(a["bert.encoder.layer.0.output.LayerNorm.weight"]
+        .iter()
+        .all(|&x| x == 1.0));
+    assert!(a["classifier.bias"].iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn dropout_only_in_training_and_reproducible() {
+    let cfg = small_config(0.2);
+    let varmap = VarMap::new();
+    let model =
+        BertForTokenClassification::new_random(&varmap, &cfg, 7, DType::F32, &Device::Cpu).unwrap();
+    let b = random_batch();
+    let run = |rng: Option<&mut DropoutRng>| {
+        let t = model.forward(&b.ids, &b.mask, rng).unwrap();
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let eval1 = run(None);
+    let eval2 = run(None);
+    assert_eq!(eval1, eval2);
+    let train1 = run(Some(&mut DropoutRng::new(1)));
+    let train1_again = run(Some(&mut DropoutRng::new(1)));
+    let train2 = run(Some(&mut DropoutRng::new(2)));
+    assert_eq!(train1, train1_again);
+    assert_ne!(train1, train2);
+    assert_ne!(train1, eval1);
+    // One rng advanced through two passes gives two different masks.
+    let mut rng = DropoutRng::new(1);
+    let first = run(Some(&mut rng));
+    let second = run(Some(&mut rng));
+    assert_ne!(first, second);
+}
+
+#[test]
+fn masked_cross_entropy_ignores_minus_100() {
+    let dev = Device::Cpu;
+    let logits = Tensor::new(
+        &[[[2f32, 0.0], [0.0, 0.0]], [[5.0, -5.0], [1.0, 3.0]]],
+        &dev,
+    )
+    .unwrap();
+    let labels = Tensor::new(&[[0i64, -100], [-100, 1]], &dev).unwrap();
+    let loss = masked_cross_entropy(&logits, &labels)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let l1 = (1.0f32 + (-2f32).exp()).ln();
+    let l2 = (1.0f32 + (-2f32).exp()).ln();
+    assert!((loss - (l1 + l2) / 2.0).abs() < 1e-6, "{loss}");
+    let all_ignored = Tensor::new(&[[-100i64, -100], [-100, -100]], &dev).unwrap();
+    assert!(masked_cross_entropy(&logits, &all_ignored).is_err());
+}
+
+fn fresh_fixture_shaped() -> (VarMap, BertForTokenClassification) {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = BertForTokenClassification::new(vb, &fixture_config()).unwrap();
+    (varmap, model)
+}
+
+/// The fixture weights renamed the way old TF-converted / bare-BertModel
+/// checkpoints name them, plus tensors that belong to other heads.
+fn aliased_fixture_tensors() -> HashMap<String, Tensor> {
+    let init = candle_core::safetensors::load(fixture("model.safetensors"), &Device::Cpu).unwrap();
+    let mut out = HashMap::new();
+    for (name, t) in init {
+        let mut n = name.strip_prefix("bert.").unwrap_or(&name).to_string();
+        if let Some(stem) = n.strip_suffix("LayerNorm.weight") {
+            n = format!("{stem}LayerNorm.gamma");
+        } else if let Some(stem) = n.strip_suffix("LayerNorm.bias") {
+            n = format!("{stem}LayerNorm.beta");
+        }
+        out.insert(n, t);
+    }
+    let dev = Device::Cpu;
+    out.insert(
+        "cls.predictions.bias".into(),
+        Tensor::zeros(128, DType::F32, &dev).unwrap(),
+    );
+    out.insert(
+        "pooler.dense.weight".into(),
+        Tensor::zeros((32, 32), DType::F32, &dev).unwrap(),
+    );
+    out.insert(
+        "embeddings.position_ids".into(),
+        Tensor::arange(0i64, 64, &dev).unwrap(),
+    );
+    out
+}
+
+#[test]
+fn loads_aliased_checkpoint_to_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aliased.safetensors");
+    candle_core::safetensors::save(&aliased_fixture_tensors(), &path).unwrap();
+    let (varmap, model) = fresh_fixture_shaped();
+    let report = weights::load(&varmap, &path, LoadOptions::default()).unwrap();
+    assert_eq!(report.loaded, varmap.all_vars().len());
+    assert_eq!(report.ignored.len(), 3, "{:?}", report.ignored);
+    let e = expected();
+    let b = fixture_batch(&e);
+    let logits = model.forward(&b.ids, &b.mask, None).unwrap();
+    assert_close("aliased logits", &logits, &e["logits"]);
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_listed_in_one_error() {
+    let mut t = aliased_fixture_tensors();
+    t.remove("encoder.layer.1.attention.self.key.bias");
+    t.insert(
+        "encoder.layer.0.intermediate.dense.weight".into(),
+        Tensor::zeros((64, 31), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let tensors: Vec<(String, Tensor)> = t.into_iter().collect();
+    let (varmap, _) = fresh_fixture_shaped();
+    let err = weights::load_tensors(&varmap, tensors, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bert.encoder.layer.1.attention.self.key.bias: missing"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bert.encoder.layer.0.intermediate.dense.weight: expected shape [64, 32], found [64, 31]"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem"), "{err}");
+}
+
+#[test]
+fn classifier_head_may_be_missing_only_when_allowed() {
+    let mut t = aliased_fixture_tensors();
+    t.remove("classifier.weight");
+    t.remove("classifier.bias");
+    let tensors: Vec<(String, Tensor)> = t.into_iter().collect();
+    let (varmap, _) = fresh_fixture_shaped();
+    let err = weights::load_tensors(&varmap, tensors.clone(), LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("classifier.weight: missing"), "{err}");
+    let report = weights::load_tensors(
+        &varmap,
+        tensors,
+        LoadOptions {
+            allow_missing_head: true,
+        },
+    )
+    .unwrap();
+    assert!(report.head_missing);
+}
+
+#[test]
+fn save_then_load_round_trips() {
+    let (varmap, _) = fixture_model();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    weights::save(&varmap, &path, DType::F32).unwrap();
+    let (again, _) = fresh_fixture_shaped();
+    weights::load(&again, &path, LoadOptions::default()).unwrap();
+    assert_eq!(snapshot(&varmap), snapshot(&again));
+    // Only the final file remains: the temporary one was renamed.
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1);
+
+    let half = dir.path().join("half.safetensors");
+    weights::save(&varmap, &half, DType::F16).unwrap();
+    let raw = candle_core::safetensors::load(&half, &Device::Cpu).unwrap();
+    assert!(raw.values().all(|t| t.dtype() == DType::F16));
+    let (h, model) = fresh_fixture_shaped();
+    weights::load(&h, &half, LoadOptions::default()).unwrap();
+    let e = expected();
+    let b = fixture_batch(&e);
+    let logits = model.forward(&b.ids, &b.mask, None).unwrap();
+    let diff = (logits - &e["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-2, "f16 checkpoint logits differ by {diff}");
+
+    // A folder for `scripts/make_parity_fixture.py --check-hf DIR` when asked for.
+    let export = std::env::var_os("CWS_EXPORT_PARITY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("export"));
+    weights::save_pretrained(&varmap, &fixture_config(), &export, DType::F32).unwrap();
+    let cfg = BertConfig::from_file(export.join("config.json")).unwrap();
+    assert_eq!(cfg.num_labels(), 4);
+}
+
+fn train_steps(model: &BertForTokenClassification, opt: &mut AdamW, steps: std::ops::Range<u64>) {
+    let b = random_batch();
+    let sched = LinearSchedule {
+        base_lr: 1e-2,
+        warmup: 1,
+        total: 10,
+    };
+    for step in steps {
+        let mut rng = DropoutRng::new(100 + step);
+        let logits = model.forward(&b.ids, &b.mask, Some(&mut rng)).unwrap();
+        let loss = masked_cross_entropy(&logits, &b.labels).unwrap();
+        let grads = model.backward(&loss).unwrap();
+        let clip = clip_grad_norm(&grads, &opt.vars(), 1.0).unwrap();
+        opt.step(&grads, sched.lr(step), clip.scale).unwrap();
+    }
+}
+
+#[test]
+fn optimizer_state_round_trip_resumes_identically() {
+    let cfg = small_config(0.1);
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, state) = (
+        dir.path().join("model.safetensors"),
+        dir.path().join("optimizer.safetensors"),
+    );
+
+    let varmap = VarMap::new();
+    let model =
+        BertForTokenClassification::new_random(&varmap, &cfg, 5, DType::F32, &Device::Cpu).unwrap();
+    let mut opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
+    train_steps(&model, &mut opt, 0..2);
+    weights::save(&varmap, &ckpt, DType::F32).unwrap();
+    opt.save_state(&state).unwrap();
+    train_steps(&model, &mut opt, 2..4);
+
+    let resumed = VarMap::new();
+    let model2 =
+        BertForTokenClassification::new_random(&resumed, &cfg, 99, DType::F32, &Device::Cpu)
+            .unwrap();
+    weights::load(&resumed, &ckpt, LoadOptions::default()).unwrap();
+    let mut opt2 = AdamW::new(&resumed, AdamWConfig::default()).unwrap();
+    opt2.load_state(&state).unwrap();
+    assert_eq!(opt2.step_count(), 2);
+    train_steps(&model2, &mut opt2, 2..4);
+    assert_eq!(snapshot(&varmap), snapshot(&resumed));
+}
+
+#[test]
+fn config_tolerates_real_hf_keys() {
+    let cfg = BertConfig::from_json_str(
+        r#"{"architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.1,
+        "directionality": "bidi", "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+        "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert",
+        "num_attention_heads": 12, "num_hidden_layers": 12, "pad_token_id": 0,
+        "pooler_fc_size": 768, "pooler_num_attention_heads": 12, "pooler_num_fc_layers": 3,
+        "pooler_size_per_head": 128, "pooler_type": "first_token_transform",
+        "type_vocab_size": 2, "vocab_size": 21128}"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.num_labels(), 2);
+    assert_eq!(cfg.classifier_dropout, None);
+    let mut cfg = cfg;
+    cfg.set_labels(&cws::model::BIES);
+    assert_eq!(cfg.num_labels(), 4);
+    let back = BertConfig::from_json_str(&cfg.to_json_string().unwrap()).unwrap();
+    assert_eq!(back.num_labels(), 4);
+    assert_eq!(back.extra["pooler_type"], "first_token_transform");
+    assert_eq!(back.extra["architectures"][0], "BertForTokenClassification");
+    assert_eq!(fixture_config().num_labels(), 4);
+}
+
+/// Timing probe, not a check: `cargo test --test tests model::bench -- --ignored --nocapture`.
+/// Sizes via CWS_BENCH="layers,hidden,batch,seq" (default a 4-layer bert-base slice).
+#[test]
+#[ignore]
+fn bench_train_step() {
+    let spec = std::env::var("CWS_BENCH").unwrap_or_else(|_| "4,768,8,128".into());
+    let v: Vec<usize> = spec.split(',').map(|x| x.parse().unwrap()).collect();
+    let (layers, hidden, batch, seq) = (v[0], v[1], v[2], v[3]);
+    let mut cfg = small_config(0.1);
+    cfg.num_hidden_layers = layers;
+    cfg.hidden_size = hidden;
+    cfg.num_attention_heads = hidden / 64;
+    cfg.intermediate_size = 4 * hidden;
+    cfg.vocab_size = 21128;
+    cfg.max_position_embeddings = 512;
+    let varmap = VarMap::new();
+    let model =
+        BertForTokenClassification::new_random(&varmap, &cfg, 1, DType::F32, &Device::Cpu).unwrap();
+    let mut opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
+    let n = batch * seq;
+    let ids: Vec<u32> = (0..n).map(|i| (i * 7919 % 21000 + 100) as u32).collect();
+    let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu).unwrap();
+    let mask = Tensor::ones((batch, seq), DType::I64, &Device::Cpu).unwrap();
+    let labels: Vec<i64> = (0..n).map(|i| (i % 4) as i64).collect();
+    let labels = Tensor::from_vec(labels, (batch, seq), &Device::Cpu).unwrap();
+    let mut rng = DropoutRng::new(0);
+    for it in 0..3 {
+        let t0 = std::time::Instant::now();
+        let logits = model.forward(&ids, &mask, Some(&mut rng)).unwrap();
+        let loss = masked_cross_entropy(&logits, &labels).unwrap();
+        let t1 = std::time::Instant::now();
+        let grads = model.backward(&loss).unwrap();
+        let t2 = std::time::Instant::now();
+        let clip = clip_grad_norm(&grads, &opt.vars(), 1.0).unwrap();
+        opt.step(&grads, 1e-4, clip.scale).unwrap();
+        let t3 = std::time::Instant::now();
+        let e0 = std::time::Instant::now();
+        model.forward(&ids, &mask, None).unwrap();
+        let e1 = std::time::Instant::now();
+        println!(
+            "iter {it}: fwd {:?} bwd {:?} opt {:?} | eval fwd {:?}",
+            t1 - t0,
+            t2 - t1,
+            t3 - t2,
+            e1 - e0
+        );
+    }
+}
+
+/// Timing probe for the building blocks: `cargo test --test tests model::bench_ops -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_ops() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1024, 768), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3072, 768), &dev).unwrap();
+    let wt = w.t().unwrap().contiguous().unwrap();
+    let s = Tensor::randn(0f32, 1.0, (8, 12, 128, 128), &dev).unwrap();
+    let time = |what: &str, f: &dyn Fn() -> Tensor| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        println!("{what}: {:?}", t0.elapsed() / 5);
+    };
+    time("matmul x @ w.t() (strided)", &|| {
+        x.matmul(&w.t().unwrap()).unwrap()
+    });
+    time("matmul x @ wt (contiguous)", &|| x.matmul(&wt).unwrap());
+    time("softmax composite [8,12,128,128]", &|| {
+        let m = s.max_keepdim(3).unwrap();
+        let e = s.broadcast_sub(&m).unwrap().exp().unwrap();
+        let d = e.sum_keepdim(3).unwrap();
+        e.broadcast_div(&d).unwrap()
+    });
+    time("softmax_last_dim fused", &|| {
+        candle_nn::ops::softmax_last_dim(&s).unwrap()
+    });
+    let y = x.matmul(&wt).unwrap();
+    time("gelu_erf [1024,3072]", &|| y.gelu_erf().unwrap());
+    let b = Tensor::randn(0f32, 1.0, 3072, &dev).unwrap();
+    time("bias broadcast_add [1024,3072]", &|| {
+        y.broadcast_add(&b).unwrap()
+    });
+    time("plain add [1024,3072]", &|| (&y + &y).unwrap());
+}
+
+#[test]
+fn fused_ops_match_candle_composites_with_gradients() {
+    let dev = Device::Cpu;
+    let x = candle_core::Var::from_tensor(&(Tensor::randn(0f32, 3.0, (3, 5, 17), &dev).unwrap()))
+        .unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 5, 17), &dev).unwrap();
+    type Op = fn(&Tensor) -> candle_core::Result<Tensor>;
+    let reference_softmax: Op = |x| candle_nn::ops::softmax(x, candle_core::D::Minus1);
+    let reference_gelu: Op = |x| x.gelu_erf();
+    let cases: [(&str, Op, Op); 2] = [
+        ("softmax", cws::fused::softmax_last, reference_softmax),
+        ("gelu", cws::fused::gelu_erf, reference_gelu),
+    ];
+    for (what, fused, reference) in cases {
+        let y1 = fused(x.as_tensor()).unwrap();
+        let y2 = reference(x.as_tensor()).unwrap();
+        assert_close(what, &y1, &y2);
+        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(
+            &format!("{what} grad"),
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn half_precision_weights_train_and_track_f32() {
+    let e = expected();
+    let b = fixture_batch(&e);
+    for dtype in [DType::BF16, DType::F16] {
+        let cfg = fixture_config();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
+        let model = BertForTokenClassification::new(vb, &cfg).unwrap();
+        weights::load(
+            &varmap,
+            fixture("model.safetensors"),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let logits = model.forward(&b.ids, &b.mask, None).unwrap();
+        assert_eq!(logits.dtype(), dtype);
+        let diff = (logits.to_dtype(DType::F32).unwrap() - &e["logits"])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 0.1, "{dtype:?} logits differ by {diff}");
+        let loss = masked_cross_entropy(&logits, &b.labels).unwrap();
+        let grads = model.backward(&loss).unwrap();
+        let mut opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
+        let clip = clip_grad_norm(&grads, &opt.vars(), 1.0).unwrap();
+        assert!(clip.norm.is_finite() && clip.norm > 0.0);
+        opt.step(&grads, 1e-3, clip.scale).unwrap();
+        assert_eq!(var(&varmap, "classifier.weight").dtype(), dtype);
+    }
+}
