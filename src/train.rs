@@ -255,6 +255,12 @@ fn save_checkpoint(
 
 /// Runs (or resumes) training as configured.
 pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress) -> Result<Summary> {
+    train_until(cfg, resume, progress, None)
+}
+
+/// [`train`], stopping as an interrupt would after `stop_after` steps (tests use
+/// it to check that a resumed run equals an uninterrupted one).
+pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_after: Option<u64>) -> Result<Summary> {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("cannot create {}", cfg.output_dir.display()))?;
     let last_dir = cfg.output_dir.join("last");
@@ -343,7 +349,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress) -> Result<Summ
     let mut interrupted = false;
     let mut loss_ema: Option<f64> = None;
 
-    let mut evaluate_and_save = |tagger: &Tagger, opt: &AdamW, state: &mut TrainerState, log: &mut std::fs::File| -> Result<Counts> {
+    let evaluate_and_save = |tagger: &Tagger, opt: &AdamW, state: &mut TrainerState, log: &mut std::fs::File| -> Result<Counts> {
         let t0 = Instant::now();
         let c = evaluate(tagger, &data.dev, words.as_ref())?;
         let f1 = c.f1();
@@ -396,7 +402,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress) -> Result<Summ
             let rate = units_done as f64 / started.elapsed().as_secs_f64();
             bar.set_position(state.step);
             bar.set_message(format!("loss {:.4}  lr {lr:.2e}  {rate:.0} units/s", loss_ema.unwrap_or(loss)));
-            if state.step % 10 == 0 || state.step == total {
+            {
                 writeln!(
                     log,
                     "{}",
@@ -406,7 +412,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress) -> Result<Summ
                     })
                 )?;
             }
-            let stop = INTERRUPTED.load(Ordering::SeqCst);
+            let stop = INTERRUPTED.load(Ordering::SeqCst) || stop_after == Some(state.step);
             if state.step % eval_every == 0 || state.step == total || stop {
                 let c = bar.suspend(|| evaluate_and_save(&tagger, &opt, &mut state, &mut log))?;
                 bar.println(format!(

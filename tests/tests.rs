@@ -8,3 +8,4 @@ mod hub;
 mod model;
 mod properties;
 mod scoring;
+mod training;

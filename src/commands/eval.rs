@@ -1,15 +1,19 @@
 //! `cws eval`: SIGHAN-compatible scores of a predicted segmentation.
 
-use crate::corpus::read_lines;
+use crate::config::{open_device, parse_device};
+use crate::corpus::{read_lines, split_words, Line};
+use crate::segment::segment_lines;
+use crate::tagger::{Decode, ModelSplitter, Tagger};
 use crate::dict::Dictionary;
 use crate::score::{score_lines, Counts};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::PathBuf;
 
 pub const EXAMPLES: &str = "Examples:
   cws eval --gold pku_test_gold.utf8 --pred pku_pred.utf8 --words pku_training_words.utf8
-  cws eval --gold msr_test_gold.utf8 --pred msr_pred.utf8 --format json";
+  cws eval --gold msr_test_gold.utf8 --pred msr_pred.utf8 --format json
+  cws eval --model runs/small-pku/best --gold pku_test_gold.utf8 --words pku_training_words.utf8";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,8 +21,17 @@ pub struct Args {
     #[arg(long)]
     pub gold: PathBuf,
     /// Predicted segmentation, line-aligned with the gold file.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub pred: Option<PathBuf>,
+    /// Segment the gold file's text with this model and score that.
     #[arg(long)]
-    pub pred: PathBuf,
+    pub model: Option<String>,
+    /// With --model: also write the model's segmentation here.
+    #[arg(long, requires = "model")]
+    pub save_pred: Option<PathBuf>,
+    /// With --model: device (auto, cpu, cuda, cuda:N).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Training word list: gold words absent from it count as out-of-vocabulary.
     #[arg(long)]
     pub words: Option<PathBuf>,
@@ -35,8 +48,12 @@ pub enum ReportFormat {
 
 pub fn run(args: Args) -> Result<()> {
     let gold = read_lines(&args.gold)?;
-    let pred = read_lines(&args.pred)?;
-    let nonblank = |lines: &[crate::corpus::Line]| {
+    let (pred, pred_name) = match (&args.pred, &args.model) {
+        (Some(p), _) => (read_lines(p)?, p.display().to_string()),
+        (None, Some(m)) => (segment_gold_text(&gold, m, &args)?, format!("the output of {m}")),
+        (None, None) => bail!("pass --pred FILE or --model MODEL"),
+    };
+    let nonblank = |lines: &[Line]| {
         lines
             .iter()
             .rposition(|l| !l.text.trim().is_empty())
@@ -47,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
             "{} has {} lines but {} has {}: the files must be line-aligned",
             args.gold.display(),
             nonblank(&gold),
-            args.pred.display(),
+            pred_name,
             nonblank(&pred)
         );
     }
@@ -117,4 +134,32 @@ pub fn render(c: &Counts, with_oov: bool, format: ReportFormat) -> String {
             )
         }
     }
+}
+
+/// The gold file's text (words joined) segmented by a model, one line per line.
+fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line>> {
+    let device = open_device(parse_device(&args.device)?)?;
+    let tagger = Tagger::load(model, &device)?;
+    let splitter = ModelSplitter {
+        tagger: &tagger,
+        decode: Decode::Viterbi,
+        dict: None,
+    };
+    let texts: Vec<String> = gold.iter().map(|l| split_words(&l.text).concat()).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let words = segment_lines(&refs, &splitter)?;
+    let pred: Vec<Line> = gold
+        .iter()
+        .zip(&texts)
+        .zip(&words)
+        .map(|((g, t), ws)| Line {
+            number: g.number,
+            text: ws.iter().map(|r| &t[r.clone()]).collect::<Vec<_>>().join("  "),
+        })
+        .collect();
+    if let Some(p) = &args.save_pred {
+        let text: String = pred.iter().map(|l| format!("{}\n", l.text)).collect();
+        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(pred)
 }

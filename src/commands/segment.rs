@@ -1,17 +1,37 @@
 //! `cws segment`: segments text from stdin or a file, streaming, losslessly.
 
+use crate::config::{open_device, parse_device};
 use crate::dict::Dictionary;
 use crate::segment::{segment_stream, Format, StreamOptions, WordSplitter};
+use crate::tagger::{Decode, ModelSplitter, Tagger};
 use anyhow::{bail, Context, Result};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 
 pub const EXAMPLES: &str = "Examples:
+  cws segment --model runs/small-pku/best < input.txt > output.txt
+  cws segment --model runs/small-pku/best --dict my_words.txt --format jsonl --input news.txt
   cws segment --dict-only pku_training_words.utf8 < input.txt > output.txt
   echo '我爱北京天安门' | cws segment --dict-only words.txt --format jsonl";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Model: a folder saved by `cws train`, or a hub id of such a model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// User dictionary (one word per line, optional weight): every match,
+    /// leftmost-longest, comes out as one word.
+    #[arg(long, value_name = "FILE")]
+    pub dict: Option<PathBuf>,
+    /// Decoding of the model's label scores.
+    #[arg(long, value_enum, default_value = "viterbi")]
+    pub decode: Decode,
+    /// Worker threads for the model (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device for the model: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Dictionary-only baseline: forward maximum matching over this word list
     /// (one word per line), no model.
     #[arg(long, value_name = "WORDLIST")]
@@ -31,12 +51,35 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let splitter: Box<dyn WordSplitter> = match &args.dict_only {
-        Some(path) => Box::new(Dictionary::load(path)?),
-        None => bail!(
-            "no segmentation model is bundled yet: pass --dict-only WORDLIST \
-             (e.g. the SIGHAN training word list, see data/README.md)"
-        ),
+    if let Some(n) = args.threads {
+        set_threads(n)?;
+    }
+    let user_dict = args.dict.as_deref().map(Dictionary::load).transpose()?;
+    let tagger;
+    let splitter: Box<dyn WordSplitter + '_> = match (&args.dict_only, &args.model) {
+        (Some(_), Some(_)) => bail!("--dict-only and --model exclude each other"),
+        (Some(path), None) => {
+            let mut dict = Dictionary::load(path)?;
+            if let Some(user) = &user_dict {
+                for w in user.words() {
+                    dict.insert(w.clone());
+                }
+            }
+            Box::new(dict)
+        }
+        (None, model) => {
+            let source = match model {
+                Some(m) => m.clone(),
+                None => default_model()?,
+            };
+            let device = open_device(parse_device(&args.device)?)?;
+            tagger = Tagger::load(&source, &device)?;
+            Box::new(ModelSplitter {
+                tagger: &tagger,
+                decode: args.decode,
+                dict: user_dict.as_ref(),
+            })
+        }
     };
     let stdin = std::io::stdin();
     let (mut input, input_name): (Box<dyn std::io::BufRead>, String) = match &args.input {
@@ -61,4 +104,32 @@ pub fn run(args: Args) -> Result<()> {
         input_name: &input_name,
     };
     segment_stream(&mut input, &mut output, splitter.as_ref(), &opts)
+}
+
+/// The model `cws segment` uses without `--model`: the PKU model bundled in the
+/// repository (found next to the binary's source tree or via $CWS_MODEL).
+pub fn default_model() -> Result<String> {
+    if let Ok(m) = std::env::var("CWS_MODEL") {
+        return Ok(m);
+    }
+    let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pku");
+    if bundled.join("config.json").is_file() {
+        return Ok(bundled.display().to_string());
+    }
+    bail!(
+        "no model given and no bundled model at {}: pass --model DIR (a folder saved by `cws train`), \
+         or --dict-only WORDLIST for the dictionary baseline",
+        bundled.display()
+    )
+}
+
+/// Sizes the global thread pool that candle and the segmenter use.
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot set up {n} threads: {e}"))
 }
