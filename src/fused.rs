@@ -186,3 +186,140 @@ impl CustomOp2 for GeluErfGrad {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
+
+/// LayerNorm over the last dim: `(x - mean) / sqrt(var + eps) * w + b`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if !fast_path(x) || w.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+        return normed.broadcast_mul(w)?.broadcast_add(b);
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps })
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+/// Mean and 1/std of one row, in f64 so long rows do not lose precision.
+fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+impl candle_core::CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "cws-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        let rows = (CHUNK / d.max(1)).max(1) * d;
+        out.par_chunks_mut(rows)
+            .zip(x.par_chunks(rows))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    let (mean, rstd) = row_stats(x, self.eps);
+                    for i in 0..d {
+                        o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let n = x.elem_count() / d;
+        let grad = grad.contiguous()?;
+        let all = x
+            .contiguous()?
+            .apply_op3_no_bwd(w, &grad, &LayerNormGrad { eps: self.eps })?;
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = all.narrow(0, n, 1)?.reshape(w.shape())?;
+        let db = all.narrow(0, n + 1, 1)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Backward of [`LayerNorm`] from `(x, w, dy)`; returns `[n + 2, d]`: the rows of
+/// dx, then dw, then db, so one kernel produces all three.
+struct LayerNormGrad {
+    eps: f64,
+}
+
+impl candle_core::CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "cws-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, dy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let d = w.len();
+        let n = x.len() / d;
+        let mut out = vec![0f32; (n + 2) * d];
+        let (dx, wb) = out.split_at_mut(n * d);
+        let rows = (CHUNK / d.max(1)).max(1) * d;
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(rows)
+            .zip(x.par_chunks(rows).zip(dy.par_chunks(rows)))
+            .map(|(dx, (x, dy))| {
+                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                let mut xhat = vec![0f32; d];
+                for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)) {
+                    let (mean, rstd) = row_stats(x, self.eps);
+                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                    for i in 0..d {
+                        xhat[i] = (x[i] - mean) * rstd;
+                        let g = dy[i] * w[i];
+                        sum_g += g;
+                        sum_gx += g * xhat[i];
+                        dw[i] += dy[i] * xhat[i];
+                        db[i] += dy[i];
+                    }
+                    let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
+                    for i in 0..d {
+                        dx[i] = rstd * (dy[i] * w[i] - mg - xhat[i] * mgx);
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (dw, db) = wb.split_at_mut(d);
+        for (pw, pb) in partials {
+            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
+    }
+}

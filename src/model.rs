@@ -247,7 +247,8 @@ impl Linear {
     }
 }
 
-/// LayerNorm from differentiable primitives (candle-nn's fused one has no backward).
+/// LayerNorm with a backward pass (candle-nn's fused one has none): our fused
+/// kernel for f32, differentiable primitives otherwise.
 #[derive(Debug, Clone)]
 struct LayerNorm {
     weight: Tensor,
@@ -266,6 +267,9 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dtype = x.dtype();
+        if dtype == DType::F32 {
+            return crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
         // Half-precision statistics lose too much; normalise in f32 like torch's kernel.
         let xf = match dtype {
             DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,

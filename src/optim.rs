@@ -105,10 +105,28 @@ impl AdamW {
         let bias1 = 1.0 - beta1.powi(t);
         let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         let step_size = lr / bias1;
+        let decay_factor = 1.0 - lr * weight_decay;
         for p in &mut self.params {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
+            let decay = if p.decay { decay_factor } else { 1.0 };
+            if matches!(p.var.device(), Device::Cpu)
+                && p.var.dtype() == DType::F32
+                && g.dtype() == DType::F32
+            {
+                let h = Hyper {
+                    beta1,
+                    beta2,
+                    eps,
+                    decay,
+                    step_size,
+                    bias2_sqrt,
+                    grad_scale,
+                };
+                cpu_update(p, g, &h)?;
+                continue;
+            }
             let g = g.to_dtype(DType::F32)?;
             let g = if grad_scale != 1.0 {
                 (g * grad_scale)?
@@ -118,8 +136,8 @@ impl AdamW {
             p.m = ((&p.m * beta1)? + (&g * (1.0 - beta1))?)?;
             p.v = ((&p.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let mut w = p.var.as_tensor().to_dtype(DType::F32)?;
-            if p.decay && weight_decay != 0.0 {
-                w = (w * (1.0 - lr * weight_decay))?;
+            if decay != 1.0 {
+                w = (w * decay)?;
             }
             let denom = ((p.v.sqrt()? / bias2_sqrt)? + eps)?;
             let w = (w - (p.m.div(&denom)? * step_size)?)?;
@@ -184,6 +202,54 @@ impl AdamW {
         self.step = step.first().copied().unwrap_or(0).max(0) as u64;
         Ok(())
     }
+}
+
+struct Hyper {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    decay: f64,
+    step_size: f64,
+    bias2_sqrt: f64,
+    grad_scale: f64,
+}
+
+/// The same update as the tensor path in one parallel pass; on CPU the tensor
+/// path's dozen temporaries cost several times the arithmetic.
+fn cpu_update(p: &mut Param, g: &Tensor, h: &Hyper) -> Result<()> {
+    use rayon::prelude::*;
+    let shape = p.var.shape().clone();
+    let mut w: Vec<f32> = p.var.as_tensor().flatten_all()?.to_vec1()?;
+    let mut m: Vec<f32> = p.m.flatten_all()?.to_vec1()?;
+    let mut v: Vec<f32> = p.v.flatten_all()?.to_vec1()?;
+    let g = g.flatten_all()?;
+    let g = g.to_vec1::<f32>()?;
+    let (b1, b2, eps) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32);
+    let (decay, step_size, bias2_sqrt, scale) = (
+        h.decay as f32,
+        h.step_size as f32,
+        h.bias2_sqrt as f32,
+        h.grad_scale as f32,
+    );
+    const CHUNK: usize = 1 << 15;
+    w.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
+        .for_each(|((w, m), (v, g))| {
+            for i in 0..w.len() {
+                let gi = g[i] * scale;
+                // torch: exp_avg.lerp_(grad, 1 - beta1)
+                m[i] += (gi - m[i]) * (1.0 - b1);
+                v[i] = v[i] * b2 + (1.0 - b2) * gi * gi;
+                let denom = v[i].sqrt() / bias2_sqrt + eps;
+                w[i] = w[i] * decay - step_size * (m[i] / denom);
+            }
+        });
+    let dev = Device::Cpu;
+    p.var.set(&Tensor::from_vec(w, shape.clone(), &dev)?)?;
+    p.m = Tensor::from_vec(m, shape.clone(), &dev)?;
+    p.v = Tensor::from_vec(v, shape, &dev)?;
+    Ok(())
 }
 
 /// transformers' `get_linear_schedule_with_warmup`: linear ramp from 0 over

@@ -640,6 +640,30 @@ fn fused_ops_match_candle_composites_with_gradients() {
             g2.get(x.as_tensor()).unwrap(),
         );
     }
+
+    let lw = candle_core::Var::randn(1f32, 0.3, 17, &dev).unwrap();
+    let lb = candle_core::Var::randn(0f32, 0.3, 17, &dev).unwrap();
+    let ln = |fused: bool| {
+        let (xs, ws, bs) = (x.as_tensor(), lw.as_tensor(), lb.as_tensor());
+        let y = if fused {
+            cws::fused::layer_norm(xs, ws, bs, 1e-12).unwrap()
+        } else {
+            candle_nn::ops::layer_norm_slow(xs, ws, bs, 1e-12).unwrap()
+        };
+        // The upstream gradient `w` is random so every output element matters.
+        let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads: Vec<Tensor> = [xs, ws, bs]
+            .iter()
+            .map(|t| g.get(t).unwrap().clone())
+            .collect();
+        (y, grads)
+    };
+    let (y1, g1) = ln(true);
+    let (y2, g2) = ln(false);
+    assert_close("layer_norm", &y1, &y2);
+    for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+        assert_close(&format!("layer_norm grad {i}"), a, b);
+    }
 }
 
 #[test]
