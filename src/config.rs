@@ -90,7 +90,8 @@ impl TrainConfig {
     /// Parses a config file. Relative paths in it are taken relative to the
     /// current directory, as on the command line.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -108,13 +109,22 @@ impl TrainConfig {
             bail!("batch_size must be positive");
         }
         if !(0.0..1.0).contains(&self.dev_fraction) {
-            bail!("dev_fraction must be in [0, 1) (found {})", self.dev_fraction);
+            bail!(
+                "dev_fraction must be in [0, 1) (found {})",
+                self.dev_fraction
+            );
         }
         if !(0.0..=1.0).contains(&self.warmup) {
-            bail!("warmup is a fraction of all steps, in [0, 1] (found {})", self.warmup);
+            bail!(
+                "warmup is a fraction of all steps, in [0, 1] (found {})",
+                self.warmup
+            );
         }
-        if !(self.learning_rate > 0.0) {
-            bail!("learning_rate must be positive (found {})", self.learning_rate);
+        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
+            bail!(
+                "learning_rate must be positive (found {})",
+                self.learning_rate
+            );
         }
         if let Some(p) = self.dropout {
             if !(0.0..1.0).contains(&p) {
@@ -185,7 +195,9 @@ mod tests {
     fn defaults_and_unknown_keys() {
         let c = TrainConfig::parse(MIN).unwrap();
         assert_eq!((c.max_length, c.batch_size, c.seed), (128, 32, 42));
-        let err = TrainConfig::parse(&format!("{MIN}learning_rat = 1\n")).unwrap_err().to_string();
+        let err = TrainConfig::parse(&format!("{MIN}learning_rat = 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `learning_rat`"), "{err}");
     }
 

@@ -36,8 +36,16 @@ pub struct Vocab {
 
 impl Vocab {
     pub fn from_tokens(tokens: Vec<String>) -> Result<Self> {
-        let ids: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let special = |t: &str| ids.get(t).copied().with_context(|| format!("vocabulary lacks the special token {t}"));
+        let ids: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let special = |t: &str| {
+            ids.get(t)
+                .copied()
+                .with_context(|| format!("vocabulary lacks the special token {t}"))
+        };
         Ok(Vocab {
             pad: special(PAD)?,
             unk: special(UNK)?,
@@ -56,13 +64,17 @@ impl Vocab {
             let tok = tokenizers::Tokenizer::from_file(path)
                 .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
             let vocab = tok.get_vocab(true);
-            let mut tokens = vec![String::new(); vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0)];
+            let mut tokens =
+                vec![String::new(); vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0)];
             for (t, i) in vocab {
                 tokens[i as usize] = t;
             }
             tokens
         } else {
-            crate::corpus::read_lines(path)?.into_iter().map(|l| l.text).collect()
+            crate::corpus::read_lines(path)?
+                .into_iter()
+                .map(|l| l.text)
+                .collect()
         };
         Self::from_tokens(tokens).with_context(|| format!("in {}", path.display()))
     }
@@ -74,10 +86,20 @@ impl Vocab {
         for k in keys {
             *counts.entry(k).or_default() += 1;
         }
-        let mut seen: Vec<(&str, usize)> = counts.into_iter().filter(|&(_, n)| n >= min_count).collect();
+        let mut seen: Vec<(&str, usize)> = counts
+            .into_iter()
+            .filter(|&(_, n)| n >= min_count)
+            .collect();
         seen.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let mut tokens: Vec<String> = [PAD, UNK, CLS, SEP, MASK].iter().map(|s| s.to_string()).collect();
-        tokens.extend(seen.into_iter().map(|(k, _)| k.to_string()).filter(|k| !k.starts_with('[')));
+        let mut tokens: Vec<String> = [PAD, UNK, CLS, SEP, MASK]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        tokens.extend(
+            seen.into_iter()
+                .map(|(k, _)| k.to_string())
+                .filter(|k| !k.starts_with('[')),
+        );
         Self::from_tokens(tokens).expect("special tokens are present")
     }
 
@@ -115,7 +137,10 @@ impl Vocab {
 
 /// Whether a unit key is punctuation after which a window may be cut.
 fn is_cut_point(key: &str) -> bool {
-    matches!(key, "。" | "！" | "？" | "；" | "，" | "、" | "：" | "!" | "?" | ";" | "," | ":" | "…")
+    matches!(
+        key,
+        "。" | "！" | "？" | "；" | "，" | "、" | "：" | "!" | "?" | ";" | "," | ":" | "…"
+    )
 }
 
 fn is_sentence_end(key: &str) -> bool {
@@ -131,7 +156,10 @@ pub fn split_at_punctuation(keys: &[String], max_units: usize) -> Vec<Range<usiz
     let mut start = 0;
     while keys.len() - start > max_units {
         let limit = start + max_units;
-        let cut = (start + 1..=limit).rev().find(|&e| is_cut_point(&keys[e - 1])).unwrap_or(limit);
+        let cut = (start + 1..=limit)
+            .rev()
+            .find(|&e| is_cut_point(&keys[e - 1]))
+            .unwrap_or(limit);
         pieces.push(start..cut);
         start = cut;
     }
@@ -144,15 +172,21 @@ pub fn split_at_punctuation(keys: &[String], max_units: usize) -> Vec<Range<usiz
 /// Cuts a text's units into sentences at sentence-final punctuation, so a long
 /// line gives exactly the result of its sentences taken one by one.
 pub fn split_sentences(keys: &[String]) -> Vec<Range<usize>> {
+    let closes =
+        |k: &str| is_sentence_end(k) || matches!(k, "”" | "’" | "」" | "』" | "）" | ")" | "\"");
     let mut pieces = Vec::new();
     let mut start = 0;
-    for (i, k) in keys.iter().enumerate() {
-        // A run of closing punctuation stays with its sentence.
-        let next_is_end = keys.get(i + 1).is_some_and(|n| is_sentence_end(n) || n == "”" || n == "’" || n == "」" || n == "）");
-        if is_sentence_end(k) && !next_is_end {
+    let mut i = 0;
+    while i < keys.len() {
+        if is_sentence_end(&keys[i]) {
+            // Closing quotes and further end marks stay with their sentence.
+            while i + 1 < keys.len() && closes(&keys[i + 1]) {
+                i += 1;
+            }
             pieces.push(start..i + 1);
             start = i + 1;
         }
+        i += 1;
     }
     if start < keys.len() {
         pieces.push(start..keys.len());
@@ -206,7 +240,11 @@ pub fn make_batch(windows: &[&Window], vocab: &Vocab, device: &Device) -> Result
     Ok(Batch {
         input_ids: Tensor::from_vec(ids, (b, t), device)?,
         attention_mask: Tensor::from_vec(mask, (b, t), device)?,
-        labels: if with_labels { Some(Tensor::from_vec(labels, (b, t), device)?) } else { None },
+        labels: if with_labels {
+            Some(Tensor::from_vec(labels, (b, t), device)?)
+        } else {
+            None
+        },
         units,
     })
 }
@@ -214,7 +252,11 @@ pub fn make_batch(windows: &[&Window], vocab: &Vocab, device: &Device) -> Result
 /// Groups window indices into batches of `batch_size`: shuffled, then sorted by
 /// length inside pools of 50 batches so padding stays small, then the batches
 /// themselves shuffled. The same rng state gives the same batches.
-pub fn training_batches(lengths: &[usize], batch_size: usize, rng: &mut impl rand::Rng) -> Vec<Vec<usize>> {
+pub fn training_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    rng: &mut impl rand::Rng,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(rng);
     let mut batches = Vec::new();

@@ -51,7 +51,10 @@ impl Tagger {
             .weights
             .as_ref()
             .with_context(|| format!("{source} is a fresh config, not a trained model"))?;
-        let tok = files.tokenizer.as_ref().with_context(|| format!("{source} has no vocab.txt or tokenizer.json"))?;
+        let tok = files
+            .tokenizer
+            .as_ref()
+            .with_context(|| format!("{source} has no vocab.txt or tokenizer.json"))?;
         let config = BertConfig::from_file(&files.config)?;
         if config.num_labels() != NUM_LABELS {
             bail!(
@@ -61,7 +64,8 @@ impl Tagger {
         }
         let vocab = Vocab::load(tok)?;
         let varmap = VarMap::new();
-        let model = BertForTokenClassification::new_random(&varmap, &config, 0, DType::F32, device)?;
+        let model =
+            BertForTokenClassification::new_random(&varmap, &config, 0, DType::F32, device)?;
         weights::load(&varmap, weights_path, LoadOptions::default())
             .with_context(|| format!("loading weights of {source}"))?;
         let max_units = config.max_position_embeddings.min(512) - 2;
@@ -98,15 +102,23 @@ impl Tagger {
                 .collect();
             let refs: Vec<&Window> = ws.iter().collect();
             let batch = make_batch(&refs, &self.vocab, &self.device)?;
-            let logits = self.model.forward(&batch.input_ids, &batch.attention_mask, None)?;
+            let logits = self
+                .model
+                .forward(&batch.input_ids, &batch.attention_mask, None)?;
             let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
             let rows: Vec<Vec<Vec<f32>>> = logp.to_vec3()?;
             for (&w, row) in group.iter().zip(rows) {
                 let n = windows[w].1.len();
-                window_scores[w] = row[1..=n].iter().map(|v| [v[0], v[1], v[2], v[3]]).collect();
+                window_scores[w] = row[1..=n]
+                    .iter()
+                    .map(|v| [v[0], v[1], v[2], v[3]])
+                    .collect();
             }
         }
-        let mut out: Vec<Vec<[f32; NUM_LABELS]>> = sequences.iter().map(|s| vec![[0.0; NUM_LABELS]; s.len()]).collect();
+        let mut out: Vec<Vec<[f32; NUM_LABELS]>> = sequences
+            .iter()
+            .map(|s| vec![[0.0; NUM_LABELS]; s.len()])
+            .collect();
         let mut best_margin: Vec<Vec<usize>> = sequences.iter().map(|s| vec![0; s.len()]).collect();
         let mut seen: Vec<Vec<bool>> = sequences.iter().map(|s| vec![false; s.len()]).collect();
         for ((s, r), sc) in windows.iter().zip(&window_scores) {
@@ -127,7 +139,7 @@ impl Tagger {
 /// Windows of at most `max_units` covering `0..n`, overlapping by half a window.
 pub fn window_ranges(n: usize, max_units: usize) -> Vec<Range<usize>> {
     if n <= max_units {
-        return vec![0..n];
+        return std::iter::once(0..n).collect();
     }
     let stride = (max_units / 2).max(1);
     let mut out = Vec::new();
@@ -242,7 +254,10 @@ mod tests {
 
     #[test]
     fn windows_cover_and_overlap() {
-        assert_eq!(window_ranges(5, 8), [0..5]);
+        assert_eq!(
+            window_ranges(5, 8),
+            std::iter::once(0..5).collect::<Vec<_>>()
+        );
         assert_eq!(window_ranges(10, 4), [0..4, 2..6, 4..8, 6..10]);
         assert_eq!(window_ranges(9, 4), [0..4, 2..6, 4..8, 5..9]);
     }

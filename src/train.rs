@@ -13,7 +13,9 @@ use crate::config::{open_device, parse_device, TrainConfig, VOCAB_FROM_TRAIN};
 use crate::corpus::{read_segmented, Line, Sentence};
 use crate::encode::{make_batch, split_at_punctuation, training_batches, Vocab, Window};
 use crate::hub::{resolve, HubSettings, ModelSource};
-use crate::model::{masked_cross_entropy, BertConfig, BertForTokenClassification, DropoutRng, BIES};
+use crate::model::{
+    masked_cross_entropy, BertConfig, BertForTokenClassification, DropoutRng, BIES,
+};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::score::{score_lines, Counts};
 use crate::segment::segment_lines;
@@ -74,16 +76,28 @@ pub struct Data {
 /// Reads the corpus and holds out the dev set (the last `dev_fraction` of the
 /// non-blank training lines, unless a dev file is given).
 pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
-    let all: Vec<Sentence> = read_segmented(&cfg.train)?.into_iter().filter(|s| !s.words.is_empty()).collect();
+    let all: Vec<Sentence> = read_segmented(&cfg.train)?
+        .into_iter()
+        .filter(|s| !s.words.is_empty())
+        .collect();
     if all.is_empty() {
         bail!("{} has no sentences", cfg.train.display());
     }
     let (train, dev) = match &cfg.dev {
-        Some(p) => (all, read_segmented(p)?.into_iter().filter(|s| !s.words.is_empty()).collect()),
+        Some(p) => (
+            all,
+            read_segmented(p)?
+                .into_iter()
+                .filter(|s| !s.words.is_empty())
+                .collect(),
+        ),
         None => {
             let n_dev = ((all.len() as f64) * cfg.dev_fraction).round().max(1.0) as usize;
             if n_dev >= all.len() {
-                bail!("dev_fraction {} leaves no training sentences", cfg.dev_fraction);
+                bail!(
+                    "dev_fraction {} leaves no training sentences",
+                    cfg.dev_fraction
+                );
             }
             let mut all = all;
             let dev = all.split_off(all.len() - n_dev);
@@ -124,7 +138,11 @@ pub fn windows(sentences: &[Vec<String>], vocab: &Vocab, max_units: usize) -> Ve
 }
 
 /// Segments the dev sentences' text with the model and scores it like `cws eval`.
-pub fn evaluate(tagger: &Tagger, dev: &[Sentence], words: Option<&HashSet<String>>) -> Result<Counts> {
+pub fn evaluate(
+    tagger: &Tagger,
+    dev: &[Sentence],
+    words: Option<&HashSet<String>>,
+) -> Result<Counts> {
     let texts: Vec<String> = dev.iter().map(Sentence::text).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let splitter = ModelSplitter {
@@ -139,7 +157,11 @@ pub fn evaluate(tagger: &Tagger, dev: &[Sentence], words: Option<&HashSet<String
         .zip(dev)
         .map(|((t, ws), s)| Line {
             number: s.line,
-            text: ws.iter().map(|r| &t[r.clone()]).collect::<Vec<_>>().join(" "),
+            text: ws
+                .iter()
+                .map(|r| &t[r.clone()])
+                .collect::<Vec<_>>()
+                .join(" "),
         })
         .collect();
     let gold: Vec<Line> = dev
@@ -179,7 +201,10 @@ fn build_tagger(cfg: &TrainConfig, data: &Data, resume_from: Option<&Path>) -> R
         }
         (Some(path), None) => Vocab::load(Path::new(path))?,
         (None, None) => Vocab::load(files.tokenizer.as_ref().with_context(|| {
-            format!("{} has no tokenizer.json or vocab.txt: set `vocab` in the config", cfg.model)
+            format!(
+                "{} has no tokenizer.json or vocab.txt: set `vocab` in the config",
+                cfg.model
+            )
         })?)?,
     };
     if vocab.len() > config.vocab_size {
@@ -203,7 +228,8 @@ fn build_tagger(cfg: &TrainConfig, data: &Data, resume_from: Option<&Path>) -> R
         );
     }
     let varmap = VarMap::new();
-    let model = BertForTokenClassification::new_random(&varmap, &config, cfg.seed, DType::F32, &device)?;
+    let model =
+        BertForTokenClassification::new_random(&varmap, &config, cfg.seed, DType::F32, &device)?;
     if let Some(w) = &files.weights {
         let report = weights::load(
             &varmap,
@@ -213,7 +239,10 @@ fn build_tagger(cfg: &TrainConfig, data: &Data, resume_from: Option<&Path>) -> R
             },
         )?;
         if report.head_missing {
-            eprintln!("note: {} has no token-classification head; it starts freshly initialised", cfg.model);
+            eprintln!(
+                "note: {} has no token-classification head; it starts freshly initialised",
+                cfg.model
+            );
         }
     }
     Ok(Tagger {
@@ -246,7 +275,10 @@ fn save_checkpoint(
         std::fs::write(tmp.join("cws-train.toml"), cfg.to_toml())?;
         if let Some((opt, state)) = resume {
             opt.save_state(tmp.join("optimizer.safetensors"))?;
-            std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?)?;
+            std::fs::write(
+                tmp.join("trainer_state.json"),
+                serde_json::to_string_pretty(state)?,
+            )?;
         }
         Ok(())
     })
@@ -260,14 +292,23 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress) -> Result<Summ
 
 /// [`train`], stopping as an interrupt would after `stop_after` steps (tests use
 /// it to check that a resumed run equals an uninterrupted one).
-pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_after: Option<u64>) -> Result<Summary> {
+pub fn train_until(
+    cfg: &TrainConfig,
+    resume: bool,
+    progress: Progress,
+    stop_after: Option<u64>,
+) -> Result<Summary> {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("cannot create {}", cfg.output_dir.display()))?;
+    std::fs::create_dir_all(&cfg.output_dir)
+        .with_context(|| format!("cannot create {}", cfg.output_dir.display()))?;
     let last_dir = cfg.output_dir.join("last");
     let best_dir = cfg.output_dir.join("best");
     let resume_from = if resume {
         if !last_dir.join("trainer_state.json").is_file() {
-            bail!("--resume: no checkpoint to resume at {}", last_dir.display());
+            bail!(
+                "--resume: no checkpoint to resume at {}",
+                last_dir.display()
+            );
         }
         Some(last_dir.as_path())
     } else {
@@ -288,7 +329,9 @@ pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_aft
     let train_windows = windows(&data.train, &tagger.vocab, cfg.max_length - 2);
     let lengths: Vec<usize> = train_windows.iter().map(|w| w.ids.len()).collect();
     let per_epoch = train_windows.len().div_ceil(cfg.batch_size) as u64;
-    let total = cfg.max_steps.map_or(per_epoch * cfg.epochs as u64, |s| s as u64);
+    let total = cfg
+        .max_steps
+        .map_or(per_epoch * cfg.epochs as u64, |s| s as u64);
     let schedule = LinearSchedule {
         base_lr: cfg.learning_rate,
         warmup: (cfg.warmup * total as f64).round() as u64,
@@ -341,7 +384,11 @@ pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_aft
         .expect("valid template"),
     );
     bar.set_position(state.step);
-    let eval_every = if cfg.eval_every == 0 { per_epoch } else { cfg.eval_every as u64 };
+    let eval_every = if cfg.eval_every == 0 {
+        per_epoch
+    } else {
+        cfg.eval_every as u64
+    };
     let vars = opt.vars();
     let started = Instant::now();
     let mut units_done = 0usize;
@@ -349,7 +396,11 @@ pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_aft
     let mut interrupted = false;
     let mut loss_ema: Option<f64> = None;
 
-    let evaluate_and_save = |tagger: &Tagger, opt: &AdamW, state: &mut TrainerState, log: &mut std::fs::File| -> Result<Counts> {
+    let evaluate_and_save = |tagger: &Tagger,
+                             opt: &AdamW,
+                             state: &mut TrainerState,
+                             log: &mut std::fs::File|
+     -> Result<Counts> {
         let t0 = Instant::now();
         let c = evaluate(tagger, &data.dev, words.as_ref())?;
         let f1 = c.f1();
@@ -374,26 +425,42 @@ pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_aft
     };
 
     'epochs: while state.step < total {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ (state.epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            cfg.seed ^ (state.epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let batches = training_batches(&lengths, cfg.batch_size, &mut rng);
         for idx in batches.iter().skip(state.batch_in_epoch) {
             let ws: Vec<&Window> = idx.iter().map(|&i| &train_windows[i]).collect();
             let batch = make_batch(&ws, &tagger.vocab, &tagger.device)?;
-            let labels = batch.labels.as_ref().expect("training windows carry labels");
-            let mut dropout = DropoutRng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(state.step));
-            let logits = tagger.model.forward(&batch.input_ids, &batch.attention_mask, Some(&mut dropout))?;
+            let labels = batch
+                .labels
+                .as_ref()
+                .expect("training windows carry labels");
+            let mut dropout =
+                DropoutRng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(state.step));
+            let logits = tagger.model.forward(
+                &batch.input_ids,
+                &batch.attention_mask,
+                Some(&mut dropout),
+            )?;
             let loss = masked_cross_entropy(&logits, labels)?;
             let grads = tagger.model.backward(&loss)?;
             let clip = if cfg.grad_clip > 0.0 {
                 clip_grad_norm(&grads, &vars, cfg.grad_clip)?
             } else {
-                crate::optim::Clip { norm: f64::NAN, scale: 1.0 }
+                crate::optim::Clip {
+                    norm: f64::NAN,
+                    scale: 1.0,
+                }
             };
             let lr = schedule.lr(state.step);
             opt.step(&grads, lr, clip.scale)?;
             let loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
-                bail!("the loss became {loss} at step {}: lower learning_rate", state.step + 1);
+                bail!(
+                    "the loss became {loss} at step {}: lower learning_rate",
+                    state.step + 1
+                );
             }
             state.step += 1;
             state.batch_in_epoch += 1;
@@ -401,7 +468,10 @@ pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_aft
             loss_ema = Some(loss_ema.map_or(loss, |e| 0.98 * e + 0.02 * loss));
             let rate = units_done as f64 / started.elapsed().as_secs_f64();
             bar.set_position(state.step);
-            bar.set_message(format!("loss {:.4}  lr {lr:.2e}  {rate:.0} units/s", loss_ema.unwrap_or(loss)));
+            bar.set_message(format!(
+                "loss {:.4}  lr {lr:.2e}  {rate:.0} units/s",
+                loss_ema.unwrap_or(loss)
+            ));
             {
                 writeln!(
                     log,
@@ -413,7 +483,7 @@ pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_aft
                 )?;
             }
             let stop = INTERRUPTED.load(Ordering::SeqCst) || stop_after == Some(state.step);
-            if state.step % eval_every == 0 || state.step == total || stop {
+            if state.step.is_multiple_of(eval_every) || state.step == total || stop {
                 let c = bar.suspend(|| evaluate_and_save(&tagger, &opt, &mut state, &mut log))?;
                 bar.println(format!(
                     "step {}: dev F1 {:.4} (P {:.4} R {:.4}), best {:.4}",
@@ -427,7 +497,10 @@ pub fn train_until(cfg: &TrainConfig, resume: bool, progress: Progress, stop_aft
             }
             if stop {
                 interrupted = true;
-                eprintln!("interrupted: saved {} (resume with --resume)", last_dir.display());
+                eprintln!(
+                    "interrupted: saved {} (resume with --resume)",
+                    last_dir.display()
+                );
                 break 'epochs;
             }
             if state.step >= total {

@@ -340,7 +340,7 @@ fn resolves_cached_main_offline() {
         files,
         ModelFiles {
             config: snapshot.join("config.json"),
-            tokenizer: snapshot.join("tokenizer.json"),
+            tokenizer: Some(snapshot.join("tokenizer.json")),
             weights: Some(snapshot.join("model.safetensors")),
         }
     );
@@ -383,7 +383,7 @@ fn resolves_other_revisions_by_ref_or_commit() {
         .join(OLD_COMMIT);
     let expected = ModelFiles {
         config: old.join("config.json"),
-        tokenizer: old.join("vocab.txt"),
+        tokenizer: Some(old.join("vocab.txt")),
         weights: Some(old.join("pytorch_model.bin")),
     };
     assert_eq!(resolve(&hub(REPO, "v1"), &settings).unwrap(), expected);

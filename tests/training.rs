@@ -13,14 +13,38 @@ use std::path::Path;
 /// is learnable and no corpus text is needed.
 fn corpus(n: usize) -> String {
     let lexicon = [
-        "我们", "学习", "经济", "发展", "的", "了", "在", "中国", "人民", "工作", "今天", "和",
-        "研究", "问题", "是", "新", "市场", "1998年", "重要", "，", "。", "计算机", "ABC", "国际",
+        "我们",
+        "学习",
+        "经济",
+        "发展",
+        "的",
+        "了",
+        "在",
+        "中国",
+        "人民",
+        "工作",
+        "今天",
+        "和",
+        "研究",
+        "问题",
+        "是",
+        "新",
+        "市场",
+        "1998年",
+        "重要",
+        "，",
+        "。",
+        "计算机",
+        "ABC",
+        "国际",
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     (0..n)
         .map(|_| {
             let len = rng.random_range(4..14);
-            let mut words: Vec<&str> = (0..len).map(|_| lexicon[rng.random_range(0..lexicon.len())]).collect();
+            let mut words: Vec<&str> = (0..len)
+                .map(|_| lexicon[rng.random_range(0..lexicon.len())])
+                .collect();
             words.push("。");
             words.join("  ") + "\n"
         })
@@ -29,7 +53,9 @@ fn corpus(n: usize) -> String {
 
 fn config(dir: &Path, out: &str, max_steps: usize) -> TrainConfig {
     let train = write_file(dir, "train.txt", corpus(120).as_bytes());
-    let model_cfg = std::fs::read_to_string(crate::common::repo_root().join("configs/tiny/config.json")).unwrap();
+    let model_cfg =
+        std::fs::read_to_string(crate::common::repo_root().join("configs/tiny/config.json"))
+            .unwrap();
     let cfg_dir = dir.join("tiny");
     std::fs::create_dir_all(&cfg_dir).unwrap();
     std::fs::write(cfg_dir.join("config.json"), model_cfg).unwrap();
@@ -55,31 +81,56 @@ fn training_learns_checkpoints_and_resumes_exactly() {
     let s = train_until(&full, false, Progress::Quiet, None).unwrap();
     assert_eq!(s.steps, 12);
     let dev_f1 = s.best_dev_f1.unwrap();
-    assert!(dev_f1 > 0.5, "a tiny model learns a 24-word lexicon: dev F1 {dev_f1}");
+    assert!(
+        dev_f1 > 0.5,
+        "a tiny model learns a 24-word lexicon: dev F1 {dev_f1}"
+    );
 
     // Loss falls: the mean of the last logged losses is below the first.
     let log = std::fs::read_to_string(tmp.path().join("full/metrics.jsonl")).unwrap();
     let losses: Vec<f64> = log
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()?
+                .get("loss")?
+                .as_f64()
+        })
         .collect();
     assert_eq!(losses.len(), 12);
     let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
-    assert!(mean(&losses[9..]) < mean(&losses[..3]), "loss falls: {losses:?}");
+    assert!(
+        mean(&losses[9..]) < mean(&losses[..3]),
+        "loss falls: {losses:?}"
+    );
     assert!(log.contains("dev_f1"), "{log}");
 
-    for name in ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "cws-train.toml"] {
-        assert!(tmp.path().join("full/best").join(name).is_file(), "best/{name}");
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "cws-train.toml",
+    ] {
+        assert!(
+            tmp.path().join("full/best").join(name).is_file(),
+            "best/{name}"
+        );
     }
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("full/best/config.json")).unwrap()).unwrap();
-    assert_eq!(config["id2label"]["3"], "S");
-    assert_eq!(config["architectures"][0], "BertForTokenClassification");
+    let hf_config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("full/best/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hf_config["id2label"]["3"], "S");
+    assert_eq!(hf_config["architectures"][0], "BertForTokenClassification");
 
     // Same seed, same run: identical weights.
     let again = config(tmp.path(), "again", 12);
     train_until(&again, false, Progress::Quiet, None).unwrap();
-    assert_eq!(weights(&tmp.path().join("full")), weights(&tmp.path().join("again")));
+    assert_eq!(
+        weights(&tmp.path().join("full")),
+        weights(&tmp.path().join("again"))
+    );
 
     // Stop after 5 steps, resume to 12: identical to the uninterrupted run.
     let split = config(tmp.path(), "split", 12);
@@ -87,14 +138,33 @@ fn training_learns_checkpoints_and_resumes_exactly() {
     assert!(s.interrupted && s.steps == 5);
     let s = train_until(&split, true, Progress::Quiet, None).unwrap();
     assert_eq!(s.steps, 12);
-    assert_eq!(weights(&tmp.path().join("full")), weights(&tmp.path().join("split")));
+    assert_eq!(
+        weights(&tmp.path().join("full")),
+        weights(&tmp.path().join("split"))
+    );
 
     // The trained model segments through the CLI, losslessly.
     let model = tmp.path().join("full/best");
     let input = "我们学习经济，发展中国。\r\n\n  ABC国际1998年😀\n";
-    let out = run_cws(&["segment", "--model", model.to_str().unwrap(), "--delimiter", "|"], input.as_bytes());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap().replace('|', ""), input);
+    let out = run_cws(
+        &[
+            "segment",
+            "--model",
+            model.to_str().unwrap(),
+            "--delimiter",
+            "|",
+        ],
+        input.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().replace('|', ""),
+        input
+    );
 }
 
 #[test]
@@ -104,5 +174,8 @@ fn unknown_config_key_is_rejected_with_file_name() {
     let out = run_cws(&["train", "--config", p.to_str().unwrap()], b"");
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(!out.status.success());
-    assert!(err.contains("bad.toml") && err.contains("learning_rat"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("learning_rat"),
+        "{err}"
+    );
 }

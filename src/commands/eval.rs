@@ -2,10 +2,10 @@
 
 use crate::config::{open_device, parse_device};
 use crate::corpus::{read_lines, split_words, Line};
-use crate::segment::segment_lines;
-use crate::tagger::{Decode, ModelSplitter, Tagger};
 use crate::dict::Dictionary;
 use crate::score::{score_lines, Counts};
+use crate::segment::segment_lines;
+use crate::tagger::{Decode, ModelSplitter, Tagger};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -50,7 +50,10 @@ pub fn run(args: Args) -> Result<()> {
     let gold = read_lines(&args.gold)?;
     let (pred, pred_name) = match (&args.pred, &args.model) {
         (Some(p), _) => (read_lines(p)?, p.display().to_string()),
-        (None, Some(m)) => (segment_gold_text(&gold, m, &args)?, format!("the output of {m}")),
+        (None, Some(m)) => (
+            segment_gold_text(&gold, m, &args)?,
+            format!("the output of {m}"),
+        ),
         (None, None) => bail!("pass --pred FILE or --model MODEL"),
     };
     let nonblank = |lines: &[Line]| {
@@ -154,7 +157,11 @@ fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line
         .zip(&words)
         .map(|((g, t), ws)| Line {
             number: g.number,
-            text: ws.iter().map(|r| &t[r.clone()]).collect::<Vec<_>>().join("  "),
+            text: ws
+                .iter()
+                .map(|r| &t[r.clone()])
+                .collect::<Vec<_>>()
+                .join("  "),
         })
         .collect();
     if let Some(p) = &args.save_pred {

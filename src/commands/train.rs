@@ -68,7 +68,18 @@ pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = &args.$field { c.$field = v.clone().into(); } )* };
     }
-    set!(model, train, output_dir, epochs, batch_size, learning_rate, max_length, eval_every, seed, device);
+    set!(
+        model,
+        train,
+        output_dir,
+        epochs,
+        batch_size,
+        learning_rate,
+        max_length,
+        eval_every,
+        seed,
+        device
+    );
     if args.dev.is_some() {
         c.dev = args.dev.clone();
     }
