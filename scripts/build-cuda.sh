@@ -180,7 +180,11 @@ done
 if [ "$BUNDLE" != none ]; then
   rm -rf "$BUNDLE_DIR"; mkdir -p "$BUNDLE_DIR/lib"
   cp "$BIN" "$BUNDLE_DIR/"
-  [ -f "$SMOKE" ] && cp "$SMOKE" "$BUNDLE_DIR/"
+  # Every example (cuda_smoke, device_parity, ...) travels with the binary.
+  for ex in "$CARGO_TARGET_DIR"/release/examples/*; do
+    case "$(basename "$ex")" in *-*|*.d|*.rlib) continue ;; esac
+    [ -f "$ex" ] && [ -x "$ex" ] && cp "$ex" "$BUNDLE_DIR/"
+  done
   cp -L "$LIB/libcudart.so.13" "$BUNDLE_DIR/lib/"
   if [ "$BUNDLE" = full ]; then
     for f in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnvrtc-builtins.so.13.0; do

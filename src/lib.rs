@@ -4,6 +4,7 @@
 //! → tagger (label scores, decoding) → segment / score; train and optim drive
 //! learning, config and checkpoint hold its settings and results.
 
+pub mod bench;
 pub mod bies;
 pub mod checkpoint;
 pub mod commands;

@@ -1,6 +1,7 @@
 //! The `cws` command line: one module per subcommand, each with its `Args`
 //! and a `run` function; `main` only dispatches.
 
+pub mod bench;
 pub mod eval;
 pub mod segment;
 pub mod train;
@@ -31,6 +32,9 @@ pub enum Command {
     /// Train a segmenter: fine-tune bert-base-chinese or train a small BERT from scratch.
     #[command(after_help = train::EXAMPLES)]
     Train(train::Args),
+    /// Measure throughput: model training/inference steps, or segmentation speed.
+    #[command(after_help = bench::EXAMPLES)]
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Segment(args) => segment::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

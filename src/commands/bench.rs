@@ -1,0 +1,198 @@
+//! `cws bench`: throughput of the model (training step, inference) and of
+//! segmentation, as JSON lines on stdout. docs/BENCHMARKS.md runs it next to
+//! the peers (PyTorch, jieba, pkuseg) measured by scripts/bench_peers.py.
+
+use crate::bench::{measure, peak_rss_mib, Case, Shape};
+use crate::commands::segment::{default_model, set_threads};
+use crate::config::{open_device, parse_device};
+use crate::dict::Dictionary;
+use crate::segment::{segment_stream, Format, StreamOptions, WordSplitter};
+use crate::tagger::{Decode, ModelSplitter, Tagger};
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub const EXAMPLES: &str = "Examples:
+  cws bench model --mode train --shape tiny --shape small --threads 2
+  cws bench model --mode infer --shape base --device cuda --dtype bf16
+  cws bench segment --input pku_test.utf8 --model models/pku --threads 2";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum What {
+    /// Tokens per second of a training step or an inference forward pass.
+    Model(ModelArgs),
+    /// Characters per second of `cws segment` on a text file.
+    Segment(SegmentArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Train,
+    Infer,
+    Both,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: Mode,
+    /// Model shapes to measure (repeat the flag for several).
+    #[arg(long, value_enum, default_values = ["tiny", "small"])]
+    pub shape: Vec<Shape>,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Weight dtype: f32, or bf16 / f16 on CUDA.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SegmentArgs {
+    /// Text to segment (e.g. the PKU test input).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Model (default: the bundled one).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Measure the dictionary baseline instead of a model.
+    #[arg(long, value_name = "WORDLIST")]
+    pub dict_only: Option<PathBuf>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Passes over the input (the best pass is reported).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
+
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => bail!("unknown dtype {s:?}: expected f32, bf16 or f16"),
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.what {
+        What::Model(a) => run_model(a),
+        What::Segment(a) => run_segment(a),
+    }
+}
+
+fn run_model(a: ModelArgs) -> Result<()> {
+    if let Some(n) = a.threads {
+        set_threads(n)?;
+    }
+    let device = open_device(parse_device(&a.device)?)?;
+    let dtype = parse_dtype(&a.dtype)?;
+    let modes: &[bool] = match a.mode {
+        Mode::Train => &[true],
+        Mode::Infer => &[false],
+        Mode::Both => &[true, false],
+    };
+    for &shape in &a.shape {
+        for &train in modes {
+            let case = Case {
+                shape,
+                train,
+                batch: a.batch,
+                seq: a.seq,
+                warmup: a.warmup,
+                steps: a.steps,
+                dtype,
+            };
+            let m = measure(case, &device)?;
+            println!("{}", serde_json::to_string(&m)?);
+            eprintln!(
+                "cws {:5} {:5} {:>9.0} tokens/s  {:7.1} ms/step  peak RSS {:.0} MiB",
+                m.mode,
+                format!("{:?}", shape).to_lowercase(),
+                m.tokens_per_s,
+                m.seconds_per_step * 1e3,
+                m.peak_rss_mib.unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_segment(a: SegmentArgs) -> Result<()> {
+    if let Some(n) = a.threads {
+        set_threads(n)?;
+    }
+    let text =
+        std::fs::read(&a.input).with_context(|| format!("cannot read {}", a.input.display()))?;
+    let chars = String::from_utf8_lossy(&text)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .count();
+    let tagger;
+    let dict;
+    let (splitter, name): (Box<dyn WordSplitter + '_>, String) = match &a.dict_only {
+        Some(w) => {
+            dict = Dictionary::load(w)?;
+            (Box::new(dict), "cws --dict-only".into())
+        }
+        None => {
+            let source = match &a.model {
+                Some(m) => m.clone(),
+                None => default_model()?,
+            };
+            tagger = Tagger::load(&source, &open_device(parse_device(&a.device)?)?)?;
+            (
+                Box::new(ModelSplitter {
+                    tagger: &tagger,
+                    decode: Decode::Viterbi,
+                    dict: None,
+                }),
+                format!("cws {source}"),
+            )
+        }
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..a.repeat.max(1) {
+        let mut sink = std::io::sink();
+        let t0 = Instant::now();
+        let opts = StreamOptions {
+            format: Format::Text,
+            delimiter: " ",
+            batch_bytes: 64 * 1024,
+            input_name: "bench",
+        };
+        segment_stream(&mut text.as_slice(), &mut sink, splitter.as_ref(), &opts)?;
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    let v = serde_json::json!({
+        "system": name, "mode": "segment", "input": a.input.display().to_string(), "chars": chars,
+        "seconds": best, "chars_per_s": chars as f64 / best, "peak_rss_mib": peak_rss_mib(),
+        "threads": rayon::current_num_threads(),
+    });
+    println!("{v}");
+    eprintln!(
+        "{name}: {:.0} chars/s ({chars} chars in {best:.2} s)",
+        chars as f64 / best
+    );
+    Ok(())
+}
