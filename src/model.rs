@@ -177,7 +177,9 @@ impl Activation {
 }
 
 /// Source of dropout masks. Passing one to `forward` means training mode; a
-/// seeded instance makes a CPU training run reproducible.
+/// seeded instance makes a CPU training run reproducible. On an accelerator the
+/// masks are drawn on the device (seeded through `Device::set_seed`) so that no
+/// mask crosses from host to device.
 pub struct DropoutRng {
     rng: rand::rngs::SmallRng,
 }
@@ -196,6 +198,11 @@ impl DropoutRng {
         }
         if p >= 1.0 {
             return x.zeros_like();
+        }
+        if !x.device().is_cpu() {
+            let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(p)?;
+            let mask = (keep.to_dtype(x.dtype())? * (1.0 / (1.0 - p)))?;
+            return x.mul(&mask);
         }
         let n = x.elem_count();
         // Comparing raw 32-bit draws against a threshold avoids a float conversion per unit.

@@ -326,6 +326,10 @@ pub fn train_until(
         None => None,
     };
     let tagger = build_tagger(cfg, &data, resume_from)?;
+    if !tagger.device.is_cpu() {
+        // Dropout masks are drawn on the device there; seed its generator.
+        tagger.device.set_seed(cfg.seed)?;
+    }
     let train_windows = windows(&data.train, &tagger.vocab, cfg.max_length - 2);
     let lengths: Vec<usize> = train_windows.iter().map(|w| w.ids.len()).collect();
     let per_epoch = train_windows.len().div_ceil(cfg.batch_size) as u64;
