@@ -141,21 +141,17 @@ if has_part model; then
 fi
 
 # --- pkuseg models trained on the same 10% splits as cws ---------------------
-pkuseg_model() { # corpus -> model folder (trained once, then reused)
+PKUSEG_PKU=$PKUSEG_MODELS/pku_10pct
+PKUSEG_MSR=$PKUSEG_MODELS/msr_10pct
+train_pkuseg() { # corpus: train pkuseg on its 10% split once; later runs reuse the model
     local dir=$PKUSEG_MODELS/$1_10pct
-    if [[ ! -f $dir/weights.npz ]]; then
-        log "training pkuseg on $1_10pct.utf8 ($PKUSEG_ITERS iterations; once, kept in $dir)"
-        "$PY" "$PEERS" pkuseg-train --train "$TRAIN/$1_10pct.utf8" --output "$dir" \
-            --iters "$PKUSEG_ITERS" --threads "$THREADS" 2>"$OUT/pkuseg-train-$1.log" | tag pkuseg-train corpus="$1"
-    fi
-    printf '%s\n' "$dir"
+    [[ -f $dir/weights.npz && -f $dir/features.pkl ]] && return 0
+    log "training pkuseg on $1_10pct.utf8 ($PKUSEG_ITERS iterations; once, kept in $dir)"
+    "$PY" "$PEERS" pkuseg-train --train "$TRAIN/$1_10pct.utf8" --output "$dir" \
+        --iters "$PKUSEG_ITERS" --threads "$THREADS" 2>"$OUT/pkuseg-train-$1.log" | tag pkuseg-train corpus="$1"
 }
-if has_part segment || has_part accuracy; then
-    PKUSEG_PKU=$(pkuseg_model pku)
-fi
-if has_part accuracy; then
-    PKUSEG_MSR=$(pkuseg_model msr)
-fi
+if has_part segment || has_part accuracy; then train_pkuseg pku; fi
+if has_part accuracy; then train_pkuseg msr; fi
 
 # --- (b) segmentation speed on the PKU test text ----------------------------
 # Each run also writes its segmentation, scored in (c) (the best-of-N timing is
