@@ -190,7 +190,11 @@ def with_normalization(cut):
         words, i = [], 0
         for w in cut(text):
             parts = []
-            for _ in w:
+            for c in w:
+                while i < len(text) and text[i] != c and text[i].isspace():
+                    i += 1  # the segmenter dropped whitespace
+                if i >= len(text) or text[i] != c:
+                    raise ValueError(f"segmenter output does not spell its input: {line!r}")
                 a, b = spans[i]
                 parts.append(line[a:b])
                 i += 1
