@@ -701,3 +701,27 @@ fn half_precision_weights_train_and_track_f32() {
         assert_eq!(var(&varmap, "classifier.weight").dtype(), dtype);
     }
 }
+
+/// Mixed precision: bf16 activations over the f32 fixture weights stay close
+/// to the f32 logits (bf16 keeps ~3 significant digits), and every f32 master
+/// weight still receives an f32 gradient through the casts.
+#[test]
+fn bf16_compute_over_f32_weights() {
+    let e = expected();
+    let (varmap, mut model) = fixture_model();
+    let batch = fixture_batch(&e);
+    model.set_compute_dtype(DType::BF16);
+    let logits = model.forward(&batch.ids, &batch.mask, None).unwrap();
+    assert_eq!(logits.dtype(), DType::BF16);
+    let got = to_f64(&logits);
+    let want = to_f64(&e["logits"]);
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst > 0.0 && worst < 0.05 * scale, "bf16 logits off by {worst} (scale {scale})");
+    let loss = masked_cross_entropy(&logits, &batch.labels).unwrap();
+    let grads = model.backward(&loss).unwrap();
+    for (name, v) in varmap.data().lock().unwrap().iter() {
+        let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
+        assert_eq!(g.dtype(), DType::F32, "{name}");
+    }
+}

@@ -81,7 +81,8 @@ pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
         max_length,
         eval_every,
         seed,
-        device
+        device,
+        precision
     );
     if args.dev.is_some() {
         c.dev = args.dev.clone();
