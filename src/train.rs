@@ -18,7 +18,7 @@ use crate::model::{
 };
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::score::{score_lines, Counts};
-use crate::segment::segment_lines;
+use crate::segment::segment_to_lines;
 use crate::tagger::{Decode, ModelSplitter, Tagger};
 use crate::units::units_of_words;
 use crate::weights::{self, LoadOptions};
@@ -143,27 +143,13 @@ pub fn evaluate(
     dev: &[Sentence],
     words: Option<&HashSet<String>>,
 ) -> Result<Counts> {
-    let texts: Vec<String> = dev.iter().map(Sentence::text).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let texts: Vec<(usize, String)> = dev.iter().map(|s| (s.line, s.text())).collect();
     let splitter = ModelSplitter {
         tagger,
         decode: Decode::Viterbi,
         dict: None,
     };
-    let spans = segment_lines(&refs, &splitter)?;
-    let pred: Vec<Line> = texts
-        .iter()
-        .zip(&spans)
-        .zip(dev)
-        .map(|((t, ws), s)| Line {
-            number: s.line,
-            text: ws
-                .iter()
-                .map(|r| &t[r.clone()])
-                .collect::<Vec<_>>()
-                .join(" "),
-        })
-        .collect();
+    let pred = segment_to_lines(&texts, &splitter, " ")?;
     let gold: Vec<Line> = dev
         .iter()
         .map(|s| Line {

@@ -716,12 +716,20 @@ fn bf16_compute_over_f32_weights() {
     let got = to_f64(&logits);
     let want = to_f64(&e["logits"]);
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let worst = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-    assert!(worst > 0.0 && worst < 0.05 * scale, "bf16 logits off by {worst} (scale {scale})");
+    let worst = got
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst > 0.0 && worst < 0.05 * scale,
+        "bf16 logits off by {worst} (scale {scale})"
+    );
     let loss = masked_cross_entropy(&logits, &batch.labels).unwrap();
     let grads = model.backward(&loss).unwrap();
     for (name, v) in varmap.data().lock().unwrap().iter() {
-        let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
         assert_eq!(g.dtype(), DType::F32, "{name}");
     }
 }
