@@ -5,6 +5,7 @@
 //! learning, config and checkpoint hold its settings and results.
 
 pub mod bies;
+pub mod blas;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;

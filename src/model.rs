@@ -243,7 +243,7 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        crate::blas::linear(x, &self.weight, &self.bias)
     }
 }
 
@@ -470,18 +470,20 @@ impl BertForTokenClassification {
         rng: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (nh, hd) = (self.num_heads, self.head_dim);
-        // [b*t, h] -> [b, nh, t, hd]; matmul needs the head dim innermost and contiguous.
+        // [b*t, h] -> [b, nh, t, hd] as a view: each head is a [t, hd] matrix
+        // with row stride h, which BLAS reads in place.
         let heads = |y: Tensor| -> candle_core::Result<Tensor> {
-            y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
+            y.reshape((b, t, nh, hd))?.transpose(1, 2)
         };
-        let q = heads((l.query.forward(x)? * (1.0 / (hd as f64).sqrt()))?)?;
+        let q = heads(l.query.forward(x)?)?;
         let k = heads(l.key.forward(x)?)?;
         let v = heads(l.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = crate::fused::softmax_last(&scores)?;
+        // The 1/sqrt(hd) scale rides on the product instead of a pass over q.
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = crate::blas::matmul_scaled(&q, &k.t()?, scale)?;
+        let probs = crate::fused::masked_softmax_last(&scores, bias)?;
         let probs = apply_dropout(&probs, self.attn_dropout, rng)?;
-        let ctx = probs
-            .matmul(&v)?
+        let ctx = crate::blas::matmul(&probs, &v)?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
         let a = l.attn_out.forward(&ctx)?;
