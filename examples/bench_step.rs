@@ -51,6 +51,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    cws::blas::init_cpu_threads();
     let names: Vec<String> = std::env::args().skip(1).collect();
     let names = if names.is_empty() {
         vec!["tiny".into(), "small".into(), "base".into()]

@@ -133,6 +133,21 @@ fn blas() -> Option<&'static Blas> {
     BLAS.get_or_init(load).as_ref()
 }
 
+/// Call first thing in `main`, before any thread starts: keeps candle's
+/// "barrier pool" empty unless `CANDLE_NUM_THREADS` says otherwise.
+///
+/// candle 0.11 runs its elementwise ops on a second pool of spinning threads
+/// beside rayon's (which our kernels and OpenBLAS calls use). On a 2-core
+/// machine the two pools preempt each other and the caller spins at candle's
+/// barrier waiting for a descheduled worker: a training step took 2.5x as
+/// long (docs/perf-notes.md). With the pool empty those ops run on the calling
+/// thread, and only rayon's threads share the cores.
+pub fn init_cpu_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Name (and OpenBLAS core) of the BLAS in use, `None` when matmuls use candle's.
 pub fn backend() -> Option<&'static str> {
     blas().map(|b| b.name.as_str())
@@ -250,6 +265,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// Taking `self` whole makes closures capture the `Sync` wrapper, not the raw pointer.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// `c[off..] = alpha * a @ b + beta * c` for one product, `c` row-major with row stride `ldc`.
 ///
 /// # Safety
@@ -313,7 +335,6 @@ fn gemm_batched(
     let work = m * n * k.max(1);
     if a.len() > 1 {
         (0..a.len()).into_par_iter().for_each(|i| {
-            let out = out;
             // SAFETY: item i writes only its own [m, n] block of c.
             unsafe {
                 sgemm_one(
@@ -324,7 +345,7 @@ fn gemm_batched(
                     b_data,
                     b[i],
                     beta,
-                    out.0.add(i * m * n),
+                    out.at(i * m * n),
                     n,
                 )
             }
@@ -334,7 +355,7 @@ fn gemm_batched(
     let (a, b) = (a[0], b[0]);
     if threads == 1 || work < SPLIT_MIN_WORK {
         // SAFETY: c is the whole [m, n] output.
-        unsafe { sgemm_one(f, alpha, a_data, a, b_data, b, beta, out.0, n) };
+        unsafe { sgemm_one(f, alpha, a_data, a, b_data, b, beta, out.at(0), n) };
         return;
     }
     // Blocks of a multiple of 16 rows/cols keep every thread on full SIMD tiles.
@@ -342,17 +363,16 @@ fn gemm_batched(
     let len = if along_rows { m } else { n };
     let step = len.div_ceil(threads).next_multiple_of(16);
     (0..len.div_ceil(step)).into_par_iter().for_each(|p| {
-        let out = out;
         let s = p * step;
         let e = (s + step).min(len);
         // SAFETY: block p writes rows (or columns) s..e of c only.
         unsafe {
             if along_rows {
                 let ap = a.rows_from(s, e - s);
-                sgemm_one(f, alpha, a_data, ap, b_data, b, beta, out.0.add(s * n), n);
+                sgemm_one(f, alpha, a_data, ap, b_data, b, beta, out.at(s * n), n);
             } else {
                 let bp = b.cols_from(s, e - s);
-                sgemm_one(f, alpha, a_data, a, b_data, bp, beta, out.0.add(s), n);
+                sgemm_one(f, alpha, a_data, a, b_data, bp, beta, out.at(s), n);
             }
         }
     });
