@@ -393,3 +393,30 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
     }
 }
+
+/// Sum of squares as an f32 scalar tensor `[]`, for gradient-norm clipping:
+/// one parallel pass with no temporary, where `sqr().sum_all()` allocates a
+/// squared copy of every gradient and sums it on one thread.
+pub fn sum_squares(x: &Tensor) -> Result<Tensor> {
+    if !fast_path(x) {
+        return x.to_dtype(DType::F32)?.sqr()?.sum_all();
+    }
+    x.contiguous()?.apply_op1_no_bwd(&SumSquares)
+}
+
+struct SumSquares;
+
+impl CustomOp1 for SumSquares {
+    fn name(&self) -> &'static str {
+        "cws-sum-squares"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        // Per-chunk f64 partials: millions of f32 terms lose digits otherwise.
+        let total: f64 = slice(s, l)?
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+            .sum();
+        Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+    }
+}
