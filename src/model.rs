@@ -262,7 +262,7 @@ impl Linear {
     /// the cast passes gradients back to the f32 master weights.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (w, b) = (cast(&self.weight, x.dtype())?, cast(&self.bias, x.dtype())?);
-        x.matmul(&w.t()?)?.broadcast_add(&b)
+        crate::blas::linear(x, &w, &b)
     }
 }
 
@@ -500,23 +500,28 @@ impl BertForTokenClassification {
         rng: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (nh, hd) = (self.num_heads, self.head_dim);
-        // [b*t, h] -> [b, nh, t, hd]; matmul needs the head dim innermost and contiguous.
+        // [b*t, h] -> [b, nh, t, hd] as a view: each head is a [t, hd] matrix
+        // with row stride h, which BLAS reads in place.
         let heads = |y: Tensor| -> candle_core::Result<Tensor> {
-            y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
+            y.reshape((b, t, nh, hd))?.transpose(1, 2)
         };
-        let q = heads((l.query.forward(x)? * (1.0 / (hd as f64).sqrt()))?)?;
+        let q = heads(l.query.forward(x)?)?;
         let k = heads(l.key.forward(x)?)?;
         let v = heads(l.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        // Half-precision softmax sums lose too much: take it in f32, as autocast does.
+        // The 1/sqrt(hd) scale rides on the product instead of a pass over q.
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = crate::blas::matmul_scaled(&q, &k.t()?, scale)?;
         let probs = match scores.dtype() {
-            DType::F16 | DType::BF16 => crate::fused::softmax_last(&scores.to_dtype(DType::F32)?)?
-                .to_dtype(scores.dtype())?,
-            _ => crate::fused::softmax_last(&scores)?,
+            // Half-precision softmax sums lose too much: take it in f32, as autocast does.
+            DType::F16 | DType::BF16 => crate::fused::masked_softmax_last(
+                &scores.to_dtype(DType::F32)?,
+                &bias.to_dtype(DType::F32)?,
+            )?
+            .to_dtype(scores.dtype())?,
+            _ => crate::fused::masked_softmax_last(&scores, bias)?,
         };
         let probs = apply_dropout(&probs, self.attn_dropout, rng)?;
-        let ctx = probs
-            .matmul(&v)?
+        let ctx = crate::blas::matmul(&probs, &v)?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
         let a = l.attn_out.forward(&ctx)?;
