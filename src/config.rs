@@ -56,6 +56,10 @@ pub struct TrainConfig {
     /// auto, cpu, cuda or cuda:N.
     #[serde(default = "default_device")]
     pub device: String,
+    /// f32; or mixed precision for CUDA: bf16 (activations and matmuls in
+    /// bf16 over f32 master weights) or f16 (the same, with dynamic loss scaling).
+    #[serde(default = "default_precision")]
+    pub precision: String,
 }
 
 fn default_dev_fraction() -> f64 {
@@ -84,6 +88,19 @@ fn default_seed() -> u64 {
 }
 fn default_device() -> String {
     "auto".into()
+}
+fn default_precision() -> String {
+    "f32".into()
+}
+
+/// The activation dtype of a `precision` setting.
+pub fn parse_precision(s: &str) -> Result<candle_core::DType> {
+    Ok(match s {
+        "f32" => candle_core::DType::F32,
+        "bf16" => candle_core::DType::BF16,
+        "f16" => candle_core::DType::F16,
+        _ => bail!("unknown precision {s:?}: expected f32, bf16 or f16"),
+    })
 }
 
 impl TrainConfig {
@@ -135,6 +152,7 @@ impl TrainConfig {
             bail!("no dev data: set `dev` or a positive `dev_fraction`");
         }
         parse_device(&self.device)?;
+        parse_precision(&self.precision)?;
         Ok(())
     }
 

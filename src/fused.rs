@@ -34,6 +34,76 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(SoftmaxLast)
 }
 
+/// `softmax_last(scores + bias)` for attention: `scores` `[b, nh, tq, tk]`,
+/// `bias` the additive padding mask `[b, 1, 1, tk]`, added inside the softmax
+/// pass instead of in a pass of its own. The mask is a constant: it gets no gradient.
+pub fn masked_softmax_last(scores: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (b, _, _, tk) = scores.dims4()?;
+    if !fast_path(scores) || bias.dtype() != DType::F32 || bias.dims() != [b, 1, 1, tk] {
+        return softmax_last(&scores.broadcast_add(bias)?);
+    }
+    scores
+        .contiguous()?
+        .apply_op2(&bias.contiguous()?, MaskedSoftmaxLast)
+}
+
+struct MaskedSoftmaxLast;
+
+impl CustomOp2 for MaskedSoftmaxLast {
+    fn name(&self) -> &'static str {
+        "cws-masked-softmax-last"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, bias) = (slice(s1, l1)?, slice(s2, l2)?);
+        let d = l1.dims()[3];
+        // Rows of one sequence (all heads and queries) share its mask row.
+        let per_seq = l1.dims()[1] * l1.dims()[2];
+        let mut out = vec![0f32; x.len()];
+        let rows = (CHUNK / d.max(1)).max(1);
+        out.par_chunks_mut(rows * d)
+            .zip(x.par_chunks(rows * d))
+            .enumerate()
+            .for_each(|(ci, (o, x))| {
+                for (ri, (o, x)) in o.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                    let seq = (ci * rows + ri) / per_seq;
+                    let m = &bias[seq * d..(seq + 1) * d];
+                    let mut max = f32::NEG_INFINITY;
+                    for ((o, &x), &m) in o.iter_mut().zip(x).zip(m) {
+                        *o = x + m;
+                        max = max.max(*o);
+                    }
+                    let mut sum = 0f32;
+                    for o in o.iter_mut() {
+                        *o = (*o - max).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    o.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gs = res.contiguous()?.apply_op2_no_bwd(&grad, &SoftmaxGrad)?;
+        Ok((Some(gs), None))
+    }
+}
+
 struct SoftmaxLast;
 
 impl CustomOp1 for SoftmaxLast {
@@ -321,5 +391,32 @@ impl candle_core::CustomOp3 for LayerNormGrad {
             db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
         }
         Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
+    }
+}
+
+/// Sum of squares as an f32 scalar tensor `[]`, for gradient-norm clipping:
+/// one parallel pass with no temporary, where `sqr().sum_all()` allocates a
+/// squared copy of every gradient and sums it on one thread.
+pub fn sum_squares(x: &Tensor) -> Result<Tensor> {
+    if !fast_path(x) {
+        return x.to_dtype(DType::F32)?.sqr()?.sum_all();
+    }
+    x.contiguous()?.apply_op1_no_bwd(&SumSquares)
+}
+
+struct SumSquares;
+
+impl CustomOp1 for SumSquares {
+    fn name(&self) -> &'static str {
+        "cws-sum-squares"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        // Per-chunk f64 partials: millions of f32 terms lose digits otherwise.
+        let total: f64 = slice(s, l)?
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+            .sum();
+        Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod bies;
+pub mod blas;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;

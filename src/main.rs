@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    cws::blas::init_cpu_threads();
     let cli = cws::commands::Cli::parse();
     match cws::commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -241,6 +241,14 @@ struct Linear {
     bias: Tensor,
 }
 
+fn cast(t: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    if t.dtype() == dtype {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(dtype)
+    }
+}
+
 impl Linear {
     fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Self> {
         Ok(Self {
@@ -249,8 +257,12 @@ impl Linear {
         })
     }
 
+    /// Runs in the activations' dtype: with f32 weights and half-precision
+    /// activations (mixed precision) the weights are cast on the way in, and
+    /// the cast passes gradients back to the f32 master weights.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        let (w, b) = (cast(&self.weight, x.dtype())?, cast(&self.bias, x.dtype())?);
+        crate::blas::linear(x, &w, &b)
     }
 }
 
@@ -274,7 +286,7 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dtype = x.dtype();
-        if dtype == DType::F32 {
+        if dtype == DType::F32 && self.weight.dtype() == DType::F32 {
             return crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
         // Half-precision statistics lose too much; normalise in f32 like torch's kernel.
@@ -286,10 +298,11 @@ impl LayerNorm {
         let centered = xf.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        let (w, b) = (
+            cast(&self.weight, normed.dtype())?,
+            cast(&self.bias, normed.dtype())?,
+        );
+        normed.broadcast_mul(&w)?.broadcast_add(&b)?.to_dtype(dtype)
     }
 }
 
@@ -323,6 +336,9 @@ pub struct BertForTokenClassification {
     classifier_dropout: f64,
     pad_token_id: usize,
     dtype: DType,
+    /// Dtype of the activations: the weights' dtype, or a half-precision dtype
+    /// for mixed-precision training over f32 weights.
+    compute: DType,
 }
 
 impl BertForTokenClassification {
@@ -373,6 +389,7 @@ impl BertForTokenClassification {
         let classifier = Linear::new(vb.pp("classifier"), h, cfg.num_labels())?;
         Ok(Self {
             dtype: word_embeddings.dtype(),
+            compute: word_embeddings.dtype(),
             word_embeddings,
             position_embeddings,
             token_type_embeddings,
@@ -404,6 +421,12 @@ impl BertForTokenClassification {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Mixed precision (autocast-style): activations and matmuls in `dtype`
+    /// (bf16 or f16), weights, LayerNorm statistics and the loss in f32.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.compute = dtype;
     }
 
     pub fn device(&self) -> &Device {
@@ -441,7 +464,7 @@ impl BertForTokenClassification {
             .narrow(0, 0, t)?
             .broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?;
         let x = words.broadcast_add(&pos_type)?.reshape((b * t, h))?;
-        let x = self.emb_ln.forward(&x)?;
+        let x = cast(&self.emb_ln.forward(&x)?, self.compute)?;
         let mut x = apply_dropout(&x, self.hidden_dropout, &mut dropout)?;
 
         let bias = self.attention_bias(attention_mask, b, t)?;
@@ -456,13 +479,13 @@ impl BertForTokenClassification {
     /// Additive mask `[b, 1, 1, t]`: 0 where attended, the dtype's lowest value
     /// on padding, as current transformers builds it.
     fn attention_bias(&self, mask: &Tensor, b: usize, t: usize) -> Result<Tensor> {
-        let lowest = match self.dtype {
+        let lowest = match self.compute {
             DType::F16 => f64::from(half::f16::MIN),
             DType::BF16 => f64::from(half::bf16::MIN),
             DType::F64 => f64::MIN,
             _ => f64::from(f32::MIN),
         };
-        let mask = mask.to_dtype(self.dtype)?;
+        let mask = mask.to_dtype(self.compute)?;
         let bias = ((1.0 - mask)? * lowest)?;
         Ok(bias.reshape((b, 1, 1, t))?)
     }
@@ -477,18 +500,28 @@ impl BertForTokenClassification {
         rng: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (nh, hd) = (self.num_heads, self.head_dim);
-        // [b*t, h] -> [b, nh, t, hd]; matmul needs the head dim innermost and contiguous.
+        // [b*t, h] -> [b, nh, t, hd] as a view: each head is a [t, hd] matrix
+        // with row stride h, which BLAS reads in place.
         let heads = |y: Tensor| -> candle_core::Result<Tensor> {
-            y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
+            y.reshape((b, t, nh, hd))?.transpose(1, 2)
         };
-        let q = heads((l.query.forward(x)? * (1.0 / (hd as f64).sqrt()))?)?;
+        let q = heads(l.query.forward(x)?)?;
         let k = heads(l.key.forward(x)?)?;
         let v = heads(l.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = crate::fused::softmax_last(&scores)?;
+        // The 1/sqrt(hd) scale rides on the product instead of a pass over q.
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = crate::blas::matmul_scaled(&q, &k.t()?, scale)?;
+        let probs = match scores.dtype() {
+            // Half-precision softmax sums lose too much: take it in f32, as autocast does.
+            DType::F16 | DType::BF16 => crate::fused::masked_softmax_last(
+                &scores.to_dtype(DType::F32)?,
+                &bias.to_dtype(DType::F32)?,
+            )?
+            .to_dtype(scores.dtype())?,
+            _ => crate::fused::masked_softmax_last(&scores, bias)?,
+        };
         let probs = apply_dropout(&probs, self.attn_dropout, rng)?;
-        let ctx = probs
-            .matmul(&v)?
+        let ctx = crate::blas::matmul(&probs, &v)?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
         let a = l.attn_out.forward(&ctx)?;

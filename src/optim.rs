@@ -288,7 +288,7 @@ pub fn clip_grad_norm(grads: &GradStore, vars: &[Var], max_norm: f64) -> Result<
     let mut sq = Vec::with_capacity(vars.len());
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sq.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+            sq.push(crate::fused::sum_squares(g)?);
         }
     }
     if sq.is_empty() {

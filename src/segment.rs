@@ -7,6 +7,7 @@
 //! input back byte for byte.
 
 use crate::bies::{labels_from_lengths, Label};
+use crate::corpus::Line;
 use crate::units::{split_units, Unit};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, Write};
@@ -89,6 +90,30 @@ pub fn segment_lines(
         }
     }
     Ok(words)
+}
+
+/// Segments texts that hold no line breaks into numbered lines whose words
+/// are joined by `delimiter` (what `cws eval --model` and dev scoring compare
+/// against gold lines).
+pub fn segment_to_lines(
+    texts: &[(usize, String)],
+    splitter: &dyn WordSplitter,
+    delimiter: &str,
+) -> Result<Vec<Line>> {
+    let refs: Vec<&str> = texts.iter().map(|(_, t)| t.as_str()).collect();
+    let words = segment_lines(&refs, splitter)?;
+    Ok(texts
+        .iter()
+        .zip(&words)
+        .map(|((number, t), ws)| Line {
+            number: *number,
+            text: ws
+                .iter()
+                .map(|r| &t[r.clone()])
+                .collect::<Vec<_>>()
+                .join(delimiter),
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

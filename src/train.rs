@@ -9,7 +9,7 @@
 
 use crate::bies::labels_from_lengths;
 use crate::checkpoint::write_atomic;
-use crate::config::{open_device, parse_device, TrainConfig, VOCAB_FROM_TRAIN};
+use crate::config::{open_device, parse_device, parse_precision, TrainConfig, VOCAB_FROM_TRAIN};
 use crate::corpus::{read_segmented, Line, Sentence};
 use crate::encode::{make_batch, split_at_punctuation, training_batches, Vocab, Window};
 use crate::hub::{resolve, HubSettings, ModelSource};
@@ -18,7 +18,7 @@ use crate::model::{
 };
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::score::{score_lines, Counts};
-use crate::segment::segment_lines;
+use crate::segment::segment_to_lines;
 use crate::tagger::{Decode, ModelSplitter, Tagger};
 use crate::units::units_of_words;
 use crate::weights::{self, LoadOptions};
@@ -143,27 +143,13 @@ pub fn evaluate(
     dev: &[Sentence],
     words: Option<&HashSet<String>>,
 ) -> Result<Counts> {
-    let texts: Vec<String> = dev.iter().map(Sentence::text).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let texts: Vec<(usize, String)> = dev.iter().map(|s| (s.line, s.text())).collect();
     let splitter = ModelSplitter {
         tagger,
         decode: Decode::Viterbi,
         dict: None,
     };
-    let spans = segment_lines(&refs, &splitter)?;
-    let pred: Vec<Line> = texts
-        .iter()
-        .zip(&spans)
-        .zip(dev)
-        .map(|((t, ws), s)| Line {
-            number: s.line,
-            text: ws
-                .iter()
-                .map(|r| &t[r.clone()])
-                .collect::<Vec<_>>()
-                .join(" "),
-        })
-        .collect();
+    let pred = segment_to_lines(&texts, &splitter, " ")?;
     let gold: Vec<Line> = dev
         .iter()
         .map(|s| Line {
@@ -326,10 +312,20 @@ pub fn train_until(
         None => None,
     };
     let tagger = build_tagger(cfg, &data, resume_from)?;
+    let mut tagger = tagger;
     if !tagger.device.is_cpu() {
         // Dropout masks are drawn on the device there; seed its generator.
         tagger.device.set_seed(cfg.seed)?;
     }
+    let precision = parse_precision(&cfg.precision)?;
+    tagger.model.set_compute_dtype(precision);
+    // f16 gradients underflow without loss scaling; bf16 has f32's range.
+    let mut loss_scale: f64 = if precision == DType::F16 {
+        65536.0
+    } else {
+        1.0
+    };
+    let mut scaled_good_steps = 0u32;
     let train_windows = windows(&data.train, &tagger.vocab, cfg.max_length - 2);
     let lengths: Vec<usize> = train_windows.iter().map(|w| w.ids.len()).collect();
     let per_epoch = train_windows.len().div_ceil(cfg.batch_size) as u64;
@@ -448,17 +444,42 @@ pub fn train_until(
                 Some(&mut dropout),
             )?;
             let loss = masked_cross_entropy(&logits, labels)?;
-            let grads = tagger.model.backward(&loss)?;
-            let clip = if cfg.grad_clip > 0.0 {
-                clip_grad_norm(&grads, &vars, cfg.grad_clip)?
+            let grads = if loss_scale == 1.0 {
+                tagger.model.backward(&loss)?
             } else {
-                crate::optim::Clip {
-                    norm: f64::NAN,
-                    scale: 1.0,
-                }
+                tagger.model.backward(&loss.affine(loss_scale, 0.0)?)?
             };
+            let max_norm = if cfg.grad_clip > 0.0 {
+                cfg.grad_clip * loss_scale
+            } else {
+                f64::INFINITY
+            };
+            let clip = clip_grad_norm(&grads, &vars, max_norm)?;
             let lr = schedule.lr(state.step);
-            opt.step(&grads, lr, clip.scale)?;
+            if clip.norm.is_finite() {
+                opt.step(&grads, lr, clip.scale / loss_scale)?;
+                if loss_scale != 1.0 {
+                    scaled_good_steps += 1;
+                    if scaled_good_steps == 2000 {
+                        loss_scale *= 2.0;
+                        scaled_good_steps = 0;
+                    }
+                }
+            } else if loss_scale != 1.0 {
+                // An f16 overflow: skip this update and scale down, as GradScaler does.
+                loss_scale /= 2.0;
+                scaled_good_steps = 0;
+            } else {
+                bail!(
+                    "the gradient became {} at step {}: lower learning_rate",
+                    clip.norm,
+                    state.step + 1
+                );
+            }
+            let clip = crate::optim::Clip {
+                norm: clip.norm / loss_scale,
+                ..clip
+            };
             let loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
                 bail!(

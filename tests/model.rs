@@ -701,3 +701,143 @@ fn half_precision_weights_train_and_track_f32() {
         assert_eq!(var(&varmap, "classifier.weight").dtype(), dtype);
     }
 }
+
+/// Mixed precision: bf16 activations over the f32 fixture weights stay close
+/// to the f32 logits (bf16 keeps ~3 significant digits), and every f32 master
+/// weight still receives an f32 gradient through the casts.
+#[test]
+fn bf16_compute_over_f32_weights() {
+    let e = expected();
+    let (varmap, mut model) = fixture_model();
+    let batch = fixture_batch(&e);
+    model.set_compute_dtype(DType::BF16);
+    let logits = model.forward(&batch.ids, &batch.mask, None).unwrap();
+    assert_eq!(logits.dtype(), DType::BF16);
+    let got = to_f64(&logits);
+    let want = to_f64(&e["logits"]);
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst > 0.0 && worst < 0.05 * scale,
+        "bf16 logits off by {worst} (scale {scale})"
+    );
+    let loss = masked_cross_entropy(&logits, &batch.labels).unwrap();
+    let grads = model.backward(&loss).unwrap();
+    for (name, v) in varmap.data().lock().unwrap().iter() {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
+        assert_eq!(g.dtype(), DType::F32, "{name}");
+    }
+}
+
+/// Our BLAS matmul/linear ops (candle's matmul where no BLAS is installed)
+/// against candle's matmul on contiguous copies: values and gradients, for
+/// strided head views, transposes, and products big enough to be split
+/// across threads by rows and by columns.
+#[test]
+fn blas_products_match_candle_with_gradients() {
+    let dev = Device::Cpu;
+    eprintln!("blas backend: {:?}", cws::blas::backend());
+    let var = |dims: &[usize]| {
+        candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, dims, &dev).unwrap()).unwrap()
+    };
+    let grads_of = |y: &Tensor, up: &Tensor, xs: &[&Tensor]| -> Vec<Tensor> {
+        let g = (y * up).unwrap().sum_all().unwrap().backward().unwrap();
+        xs.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                g.get(x)
+                    .unwrap_or_else(|| panic!("no grad for input {i} of {:?}", y.dims()))
+                    .clone()
+            })
+            .collect()
+    };
+    // Attention-shaped: q/k as [b, nh, t, hd] views of [b, t, nh, hd].
+    let (qs, ks) = (var(&[2, 5, 3, 4]), var(&[2, 5, 3, 4]));
+    let q = qs.as_tensor().transpose(1, 2).unwrap();
+    let k = ks.as_tensor().transpose(1, 2).unwrap();
+    let kt = k.t().unwrap();
+    let y1 = cws::blas::matmul_scaled(&q, &kt, 0.5).unwrap();
+    let y2 = (q
+        .contiguous()
+        .unwrap()
+        .matmul(&kt.contiguous().unwrap())
+        .unwrap()
+        * 0.5)
+        .unwrap();
+    assert_close("scores", &y1, &y2);
+    let up = Tensor::randn(0f32, 1.0, y1.dims(), &dev).unwrap();
+    let (g1, g2) = (
+        grads_of(&y1, &up, &[qs.as_tensor(), ks.as_tensor()]),
+        grads_of(&y2, &up, &[qs.as_tensor(), ks.as_tensor()]),
+    );
+    for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+        assert_close(&format!("scores grad {i}"), a, b);
+    }
+
+    // Linear layers, small and split by rows (n > out) and by columns (out > n),
+    // with x also given as a transposed view.
+    for (n, din, dout, transposed) in [
+        (7, 6, 5, false),
+        (7, 6, 5, true),
+        (300, 70, 64, false),
+        (40, 300, 300, true),
+    ] {
+        let xv = if transposed {
+            var(&[din, n])
+        } else {
+            var(&[n, din])
+        };
+        let x = if transposed {
+            xv.as_tensor().t().unwrap()
+        } else {
+            xv.as_tensor().clone()
+        };
+        let (w, b) = (var(&[dout, din]), var(&[dout]));
+        let y1 = cws::blas::linear(&x, w.as_tensor(), b.as_tensor()).unwrap();
+        let y2 = x
+            .contiguous()
+            .unwrap()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let what = format!("linear {n}x{din}->{dout} t={transposed}");
+        assert_close(&what, &y1, &y2);
+        let up = Tensor::randn(0f32, 1.0, (n, dout), &dev).unwrap();
+        let xs = [xv.as_tensor(), w.as_tensor(), b.as_tensor()];
+        let (g1, g2) = (grads_of(&y1, &up, &xs), grads_of(&y2, &up, &xs));
+        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+            assert_close(&format!("{what} grad {i}"), a, b);
+        }
+    }
+
+    // The fused attention-mask softmax against add-then-softmax.
+    let s = var(&[2, 3, 4, 6]);
+    let mask = Tensor::new(
+        &[[1f32, 1., 1., 1., 0., 0.], [1., 1., 1., 1., 1., 1.]],
+        &dev,
+    )
+    .unwrap();
+    let bias = ((1.0 - mask).unwrap() * -1e4)
+        .unwrap()
+        .reshape((2, 1, 1, 6))
+        .unwrap();
+    let p1 = cws::fused::masked_softmax_last(s.as_tensor(), &bias).unwrap();
+    let p2 = candle_nn::ops::softmax(
+        &s.as_tensor().broadcast_add(&bias).unwrap(),
+        candle_core::D::Minus1,
+    )
+    .unwrap();
+    assert_close("masked softmax", &p1, &p2);
+    let up = Tensor::randn(0f32, 1.0, p1.dims(), &dev).unwrap();
+    let (g1, g2) = (
+        grads_of(&p1, &up, &[s.as_tensor()]),
+        grads_of(&p2, &up, &[s.as_tensor()]),
+    );
+    assert_close("masked softmax grad", &g1[0], &g2[0]);
+}

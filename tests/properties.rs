@@ -43,6 +43,35 @@ fn texty() -> impl Strategy<Value = String> {
 
 proptest! {
     #[test]
+    fn windows_cover_every_unit(n in 0usize..500, max in 1usize..64) {
+        let w = cws::tagger::window_ranges(n, max);
+        prop_assert!(w.iter().all(|r| r.len() <= max.max(1)));
+        let mut covered = vec![false; n];
+        for r in &w {
+            for i in r.clone() { covered[i] = true; }
+        }
+        prop_assert!(covered.iter().all(|&c| c));
+    }
+
+    #[test]
+    fn punctuation_pieces_partition(keys in proptest::collection::vec(prop_oneof![Just("，"), Just("。"), Just("字")], 0..200), max in 1usize..40) {
+        let keys: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
+        let mut at = 0;
+        for r in cws::encode::split_at_punctuation(&keys, max) {
+            prop_assert_eq!(r.start, at);
+            prop_assert!(r.len() <= max && !r.is_empty());
+            at = r.end;
+        }
+        prop_assert_eq!(at, keys.len());
+        let mut at = 0;
+        for r in cws::encode::split_sentences(&keys) {
+            prop_assert_eq!(r.start, at);
+            at = r.end;
+        }
+        prop_assert_eq!(at, keys.len());
+    }
+
+    #[test]
     fn words_labels_words_is_identity(lengths in proptest::collection::vec(1usize..6, 0..30)) {
         let labels = labels_from_lengths(&lengths);
         prop_assert!(is_valid(&labels));

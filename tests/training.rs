@@ -179,3 +179,78 @@ fn unknown_config_key_is_rejected_with_file_name() {
         "{err}"
     );
 }
+
+#[test]
+fn command_line_overrides_every_usual_field() {
+    use clap::Parser;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write_file(
+        tmp.path(),
+        "c.toml",
+        b"model = \"config:c.json\"\ntrain = \"t.txt\"\nlearning_rate = 1e-3\noutput_dir = \"out\"\n",
+    );
+    let cli = cws::commands::Cli::try_parse_from([
+        "cws",
+        "train",
+        "--config",
+        p.to_str().unwrap(),
+        "--model",
+        "m",
+        "--train",
+        "t2",
+        "--dev",
+        "d",
+        "--words",
+        "w",
+        "--output-dir",
+        "o",
+        "--epochs",
+        "7",
+        "--max-steps",
+        "9",
+        "--batch-size",
+        "5",
+        "--learning-rate",
+        "0.5",
+        "--max-length",
+        "64",
+        "--eval-every",
+        "3",
+        "--seed",
+        "11",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+    ])
+    .unwrap();
+    let cws::commands::Command::Train(args) = cli.command else {
+        panic!("a train command")
+    };
+    let c = cws::commands::train::resolve_config(&args).unwrap();
+    assert_eq!(
+        (
+            c.model.as_str(),
+            c.train.to_str(),
+            c.dev.as_deref().and_then(|d| d.to_str())
+        ),
+        ("m", Some("t2"), Some("d"))
+    );
+    assert_eq!(
+        (
+            c.epochs,
+            c.max_steps,
+            c.batch_size,
+            c.max_length,
+            c.eval_every,
+            c.seed
+        ),
+        (7, Some(9), 5, 64, 3, 11)
+    );
+    assert_eq!(
+        (c.learning_rate, c.device.as_str(), c.precision.as_str()),
+        (0.5, "cpu", "bf16")
+    );
+    assert_eq!(c.output_dir.to_str(), Some("o"));
+    assert_eq!(c.words.as_deref().and_then(|w| w.to_str()), Some("w"));
+}

@@ -4,7 +4,7 @@ use crate::config::{open_device, parse_device};
 use crate::corpus::{read_lines, split_words, Line};
 use crate::dict::Dictionary;
 use crate::score::{score_lines, Counts};
-use crate::segment::segment_lines;
+use crate::segment::segment_to_lines;
 use crate::tagger::{Decode, ModelSplitter, Tagger};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
@@ -148,22 +148,11 @@ fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line
         decode: Decode::Viterbi,
         dict: None,
     };
-    let texts: Vec<String> = gold.iter().map(|l| split_words(&l.text).concat()).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let words = segment_lines(&refs, &splitter)?;
-    let pred: Vec<Line> = gold
+    let texts: Vec<(usize, String)> = gold
         .iter()
-        .zip(&texts)
-        .zip(&words)
-        .map(|((g, t), ws)| Line {
-            number: g.number,
-            text: ws
-                .iter()
-                .map(|r| &t[r.clone()])
-                .collect::<Vec<_>>()
-                .join("  "),
-        })
+        .map(|l| (l.number, split_words(&l.text).concat()))
         .collect();
+    let pred = segment_to_lines(&texts, &splitter, "  ")?;
     if let Some(p) = &args.save_pred {
         let text: String = pred.iter().map(|l| format!("{}\n", l.text)).collect();
         std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;

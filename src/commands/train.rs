@@ -60,6 +60,9 @@ pub struct Args {
     /// Override `device` (auto, cpu, cuda, cuda:N).
     #[arg(long)]
     pub device: Option<String>,
+    /// Override `precision` (f32, or bf16 / f16 mixed precision on CUDA).
+    #[arg(long)]
+    pub precision: Option<String>,
 }
 
 /// The config file with the command line's overrides applied, validated.
@@ -78,7 +81,8 @@ pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
         max_length,
         eval_every,
         seed,
-        device
+        device,
+        precision
     );
     if args.dev.is_some() {
         c.dev = args.dev.clone();
