@@ -52,9 +52,14 @@ fn fixture_config() -> BertConfig {
 
 /// The fixture model loaded into a fresh VarMap.
 fn fixture_model() -> (VarMap, BertForTokenClassification) {
+    fixture_model_in(DType::F32)
+}
+
+/// The fixture model with its weights stored in `dtype`.
+fn fixture_model_in(dtype: DType) -> (VarMap, BertForTokenClassification) {
     let cfg = fixture_config();
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
     let model = BertForTokenClassification::new(vb, &cfg).unwrap();
     weights::load(
         &varmap,
@@ -671,16 +676,7 @@ fn half_precision_weights_train_and_track_f32() {
     let e = expected();
     let b = fixture_batch(&e);
     for dtype in [DType::BF16, DType::F16] {
-        let cfg = fixture_config();
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
-        let model = BertForTokenClassification::new(vb, &cfg).unwrap();
-        weights::load(
-            &varmap,
-            fixture("model.safetensors"),
-            LoadOptions::default(),
-        )
-        .unwrap();
+        let (varmap, model) = fixture_model_in(dtype);
         let logits = model.forward(&b.ids, &b.mask, None).unwrap();
         assert_eq!(logits.dtype(), dtype);
         let diff = (logits.to_dtype(DType::F32).unwrap() - &e["logits"])
