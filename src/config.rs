@@ -27,6 +27,41 @@ pub struct TrainConfig {
     pub dev_fraction: f64,
     /// Training word list, for OOV figures in dev evaluations.
     pub words: Option<PathBuf>,
+    /// Word list read as lexicon features (see `features`): for each unit, which
+    /// entries start, end, contain or are it. The training split's own words are
+    /// added to it. Fresh models only; the list is saved hashed with the model.
+    pub lexicon: Option<PathBuf>,
+    /// Fraction of lexicon entries hidden from each training epoch (a fresh
+    /// draw per epoch), so the model learns to segment words the list lacks.
+    #[serde(default = "default_lexicon_dropout")]
+    pub lexicon_dropout: f64,
+    /// Each epoch, this fraction of the lexicon's words (a fresh draw) joins the
+    /// training data as pseudo-sentences of listed words; 0 = off.
+    #[serde(default)]
+    pub lexicon_examples: f64,
+    /// Fraction of training units replaced by [UNK] (their bigrams too), a
+    /// fresh draw each epoch: the model cannot just memorise the training
+    /// words and learns to read the lexicon features for words it never saw.
+    #[serde(default)]
+    pub unit_dropout: f64,
+    /// At each dev evaluation, also pick the boundary bias (added to the scores
+    /// of word-ending labels, -3 to 3 in steps of 0.25) that scores best on dev,
+    /// and save it with the checkpoint; `cws segment` then decodes with it.
+    #[serde(default)]
+    pub tune_boundary_bias: bool,
+    /// With bigram features: only bigrams seen this many times in the training
+    /// split get a bucket; others share the "unseen" one (saved hashed as
+    /// bigrams.safetensors). 0 = every bigram is hashed to a bucket.
+    #[serde(default)]
+    pub bigram_min_count: usize,
+    /// Dev evaluation with a lexicon: hide dev words the training split lacks
+    /// from the list until this fraction of dev tokens is out of it (set it to
+    /// the expected test OOV rate); unset hides them all (pessimistic).
+    pub dev_oov_rate: Option<f64>,
+    /// Hashed character-bigram embeddings (left and right neighbour) with this
+    /// many buckets; 0 = none. Fresh models only.
+    #[serde(default)]
+    pub bigram_buckets: usize,
     /// Longest model input in tokens, [CLS] and [SEP] included.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
@@ -63,6 +98,9 @@ pub struct TrainConfig {
 }
 
 fn default_dev_fraction() -> f64 {
+    0.1
+}
+fn default_lexicon_dropout() -> f64 {
     0.1
 }
 fn default_max_length() -> usize {
@@ -147,6 +185,35 @@ impl TrainConfig {
             if !(0.0..1.0).contains(&p) {
                 bail!("dropout must be in [0, 1) (found {p})");
             }
+        }
+        if !(0.0..1.0).contains(&self.lexicon_dropout) {
+            bail!(
+                "lexicon_dropout must be in [0, 1) (found {})",
+                self.lexicon_dropout
+            );
+        }
+        if !(0.0..=1.0).contains(&self.lexicon_examples) {
+            bail!(
+                "lexicon_examples must be in [0, 1] (found {})",
+                self.lexicon_examples
+            );
+        }
+        if self.lexicon_examples > 0.0 && self.lexicon.is_none() {
+            bail!("lexicon_examples needs a `lexicon` word list");
+        }
+        if !(0.0..1.0).contains(&self.unit_dropout) {
+            bail!(
+                "unit_dropout must be in [0, 1) (found {})",
+                self.unit_dropout
+            );
+        }
+        if let Some(r) = self.dev_oov_rate {
+            if !(0.0..=1.0).contains(&r) {
+                bail!("dev_oov_rate must be in [0, 1] (found {r})");
+            }
+        }
+        if self.bigram_buckets == 1 {
+            bail!("bigram_buckets must be 0 (off) or at least 2");
         }
         if self.dev.is_none() && self.dev_fraction == 0.0 {
             bail!("no dev data: set `dev` or a positive `dev_fraction`");

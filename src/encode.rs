@@ -6,6 +6,7 @@
 //! lower-cased (bert-base-chinese is uncased), then falls back to `[UNK]`.
 
 use crate::bies::Label;
+use crate::features::{BatchFeatures, UnitFeatures};
 use crate::units::Unit;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -199,6 +200,8 @@ pub fn split_sentences(keys: &[String]) -> Vec<Range<usize>> {
 pub struct Window {
     pub ids: Vec<u32>,
     pub labels: Vec<Label>,
+    /// Lexicon / bigram features, for a model that reads them.
+    pub features: UnitFeatures,
 }
 
 /// A padded batch: `[b, t]` tensors with [CLS] first and [SEP] after the units.
@@ -210,6 +213,7 @@ pub struct Batch {
     pub labels: Option<Tensor>,
     /// Number of real units (positions that carry a label).
     pub units: usize,
+    pub features: BatchFeatures,
 }
 
 /// Builds one padded batch from windows, all on `device`.
@@ -237,7 +241,9 @@ pub fn make_batch(windows: &[&Window], vocab: &Vocab, device: &Device) -> Result
         }
         units += w.ids.len();
     }
+    let rows: Vec<&UnitFeatures> = windows.iter().map(|w| &w.features).collect();
     Ok(Batch {
+        features: BatchFeatures::build(&rows, t, device)?,
         input_ids: Tensor::from_vec(ids, (b, t), device)?,
         attention_mask: Tensor::from_vec(mask, (b, t), device)?,
         labels: if with_labels {

@@ -1,6 +1,7 @@
 //! cws: BERT-based Chinese word segmentation. The pipeline stages, in the order
 //! data flows through them:
-//! corpus → units → bies → encode (ids, windows, batches) → hub/weights → model
+//! corpus → units → bies → encode (ids, windows, batches) → features (lexicon,
+//! bigrams) → hub/weights → model
 //! → tagger (label scores, decoding) → segment / score; train and optim drive
 //! learning, config and checkpoint hold its settings and results.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod corpus;
 pub mod dict;
 pub mod encode;
+pub mod features;
 pub mod fused;
 pub mod hub;
 pub mod model;

@@ -14,6 +14,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
+use crate::features::BatchFeatures;
+
 /// HF `config.json` of a BERT model. Keys we do not use are kept in `extra` so a
 /// config read from a checkpoint is written back unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,6 +327,10 @@ pub struct BertForTokenClassification {
     word_embeddings: Tensor,
     position_embeddings: Tensor,
     token_type_embeddings: Tensor,
+    /// `[LEXICON_FEATURES, h]`: one vector per lexicon feature bit (cws extension).
+    lexicon_embeddings: Option<Tensor>,
+    /// `[buckets, h]`: hashed left/right bigram embeddings (cws extension).
+    bigram_embeddings: Option<Tensor>,
     emb_ln: LayerNorm,
     layers: Vec<Layer>,
     classifier: Linear,
@@ -365,6 +371,18 @@ impl BertForTokenClassification {
             "weight",
             Init::Const(0.),
         )?;
+        // cws extensions: an embedding table whose row count the config gives.
+        let extension = |key: &str, name: &str| -> candle_core::Result<Option<Tensor>> {
+            match cfg.extra.get(key).and_then(|v| v.as_u64()).unwrap_or(0) {
+                0 => Ok(None),
+                n => emb
+                    .pp(name)
+                    .get_with_hints((n as usize, h), "weight", Init::Const(0.))
+                    .map(Some),
+            }
+        };
+        let lexicon_embeddings = extension(crate::features::LEXICON_KEY, "lexicon_embeddings")?;
+        let bigram_embeddings = extension(crate::features::BIGRAM_KEY, "bigram_embeddings")?;
         let emb_ln = LayerNorm::new(emb.pp("LayerNorm"), h, eps)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -393,6 +411,8 @@ impl BertForTokenClassification {
             word_embeddings,
             position_embeddings,
             token_type_embeddings,
+            lexicon_embeddings,
+            bigram_embeddings,
             emb_ln,
             layers,
             classifier,
@@ -440,6 +460,24 @@ impl BertForTokenClassification {
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
+        dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        self.forward_with(input_ids, attention_mask, &BatchFeatures::none(), dropout)
+    }
+
+    /// Whether the model reads lexicon or bigram features (a cws extension of
+    /// the HF architecture; transformers would ignore those tensors).
+    pub fn uses_features(&self) -> bool {
+        self.lexicon_embeddings.is_some() || self.bigram_embeddings.is_some()
+    }
+
+    /// [`forward`](Self::forward) with the unit features a model trained with
+    /// them needs; their embeddings are added to the word embeddings.
+    pub fn forward_with(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        features: &BatchFeatures,
         mut dropout: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids
@@ -453,10 +491,26 @@ impl BertForTokenClassification {
         }
         let h = self.word_embeddings.dim(1)?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
-        let words = self
-            .word_embeddings
-            .index_select(&ids, 0)?
-            .reshape((b, t, h))?;
+        let mut words = self.word_embeddings.index_select(&ids, 0)?;
+        match (&self.lexicon_embeddings, &features.lexicon) {
+            (Some(w), Some(f)) => {
+                let f = f.reshape((b * t, ()))?.to_dtype(w.dtype())?;
+                words = (words + f.matmul(w)?)?;
+            }
+            (Some(_), None) => bail!("this model needs lexicon features"),
+            _ => {}
+        }
+        match (&self.bigram_embeddings, &features.bigrams) {
+            (Some(w), Some(g)) => {
+                let g = w
+                    .index_select(&g.flatten_all()?, 0)?
+                    .reshape((b * t, 2, h))?;
+                words = (words + g.sum(1)?)?;
+            }
+            (Some(_), None) => bail!("this model needs bigram features"),
+            _ => {}
+        }
+        let words = words.reshape((b, t, h))?;
         // Position and (all-zero) token-type embeddings are the same for every
         // sequence: add [t, h] + [1, h] once and broadcast over the batch.
         let pos_type = self

@@ -12,14 +12,16 @@ use crate::checkpoint::write_atomic;
 use crate::config::{open_device, parse_device, parse_precision, TrainConfig, VOCAB_FROM_TRAIN};
 use crate::corpus::{read_segmented, Line, Sentence};
 use crate::encode::{make_batch, split_at_punctuation, training_batches, Vocab, Window};
+use crate::features::{FeatureSpec, Lexicon};
 use crate::hub::{resolve, HubSettings, ModelSource};
 use crate::model::{
     masked_cross_entropy, BertConfig, BertForTokenClassification, DropoutRng, BIES,
 };
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::score::{score_lines, Counts};
-use crate::segment::segment_to_lines;
+use crate::segment::Chunk;
 use crate::tagger::{Decode, ModelSplitter, Tagger};
+use crate::units::split_units;
 use crate::units::units_of_words;
 use crate::weights::{self, LoadOptions};
 use anyhow::{bail, Context, Result};
@@ -119,37 +121,99 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
     })
 }
 
-/// Training windows of at most `max_units` units, cut at punctuation.
-pub fn windows(sentences: &[Vec<String>], vocab: &Vocab, max_units: usize) -> Vec<Window> {
+/// How training inputs are perturbed in one epoch (seeded, so reproducible).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Perturb {
+    /// Hide this fraction of lexicon entries (seed, fraction).
+    pub lexicon: Option<(u64, f64)>,
+    /// Replace this fraction of units by [UNK], bigrams included (seed, fraction).
+    pub units: Option<(u64, f64)>,
+}
+
+/// Training windows of at most `max_units` units, cut at punctuation, with the
+/// unit features `spec` asks for, perturbed as `perturb` says.
+pub fn windows(
+    sentences: &[Vec<String>],
+    vocab: &Vocab,
+    max_units: usize,
+    spec: &FeatureSpec,
+    perturb: Perturb,
+) -> Vec<Window> {
+    use rand::Rng;
     let mut out = Vec::new();
+    let mut unk_rng = perturb
+        .units
+        .map(|(seed, p)| (rand::rngs::StdRng::seed_from_u64(seed), p));
     for words in sentences {
         let su = units_of_words(words);
         let labels = labels_from_lengths(&su.word_lengths);
         let keys: Vec<String> = su.units.iter().map(|u| u.key()).collect();
-        let ids = vocab.unit_ids(&su.units);
+        let mut ids = vocab.unit_ids(&su.units);
+        let mut features = spec.compute(&keys, perturb.lexicon);
+        if let Some((rng, p)) = &mut unk_rng {
+            for (i, id) in ids.iter_mut().enumerate() {
+                if rng.random::<f64>() < *p {
+                    *id = vocab.unk;
+                    if let Some(b) = features.bigrams.get_mut(i) {
+                        *b = [0, 0];
+                    }
+                }
+            }
+        }
         for r in split_at_punctuation(&keys, max_units) {
             out.push(Window {
                 ids: ids[r.clone()].to_vec(),
-                labels: labels[r].to_vec(),
+                labels: labels[r.clone()].to_vec(),
+                features: features.slice(r),
             });
         }
     }
     out
 }
 
-/// Segments the dev sentences' text with the model and scores it like `cws eval`.
+/// Pseudo-sentences made of lexicon words, each word a gold word: a random
+/// `fraction` of `words` (a fresh draw per `seed`), shuffled and cut into
+/// sentences of 8 to 24 words. They show the model how listed words look,
+/// including the many the training split never contains.
+pub fn lexicon_sentences(words: &[String], fraction: f64, seed: u64) -> Vec<Vec<String>> {
+    use rand::seq::SliceRandom;
+    use rand::Rng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut picked: Vec<&String> = words
+        .iter()
+        .filter(|_| rng.random::<f64>() < fraction)
+        .collect();
+    picked.shuffle(&mut rng);
+    let mut out = Vec::new();
+    let mut rest = &picked[..];
+    while !rest.is_empty() {
+        let n = rng.random_range(8..=24).min(rest.len());
+        out.push(rest[..n].iter().map(|w| w.to_string()).collect());
+        rest = &rest[n..];
+    }
+    out
+}
+
+/// Segments the dev sentences' text with the model and scores it like `cws eval`,
+/// decoding with each boundary bias in `biases` (the model runs once); returns
+/// the best score and its bias (the first on ties).
 pub fn evaluate(
     tagger: &Tagger,
     dev: &[Sentence],
     words: Option<&HashSet<String>>,
-) -> Result<Counts> {
-    let texts: Vec<(usize, String)> = dev.iter().map(|s| (s.line, s.text())).collect();
-    let splitter = ModelSplitter {
-        tagger,
-        decode: Decode::Viterbi,
-        dict: None,
-    };
-    let pred = segment_to_lines(&texts, &splitter, " ")?;
+    biases: &[f32],
+) -> Result<(Counts, f32)> {
+    let texts: Vec<String> = dev.iter().map(|s| s.text()).collect();
+    // A dev sentence is its words joined: one chunk without whitespace.
+    let chunks: Vec<Chunk> = texts
+        .iter()
+        .map(|t| Chunk {
+            text: t,
+            units: split_units(t),
+        })
+        .collect();
+    let splitter = ModelSplitter::new(tagger, Decode::Viterbi, None);
+    let scored = splitter.score(&chunks)?;
     let gold: Vec<Line> = dev
         .iter()
         .map(|s| Line {
@@ -157,7 +221,35 @@ pub fn evaluate(
             text: s.words.join(" "),
         })
         .collect();
-    Ok(score_lines(&gold, &pred, words))
+    let mut best: Option<(Counts, f32)> = None;
+    for &bias in biases {
+        let lengths = splitter.decode_scored(&chunks, &scored, bias);
+        let pred: Vec<Line> = chunks
+            .iter()
+            .zip(&lengths)
+            .zip(dev)
+            .map(|((c, lens), s)| {
+                let mut at = 0;
+                let words: Vec<&str> = lens
+                    .iter()
+                    .map(|&n| {
+                        let w = &c.text[c.units[at].span.start..c.units[at + n - 1].span.end];
+                        at += n;
+                        w
+                    })
+                    .collect();
+                Line {
+                    number: s.line,
+                    text: words.join(" "),
+                }
+            })
+            .collect();
+        let counts = score_lines(&gold, &pred, words);
+        if best.as_ref().is_none_or(|(b, _)| counts.f1() > b.f1()) {
+            best = Some((counts, bias));
+        }
+    }
+    best.context("no boundary bias to evaluate")
 }
 
 /// Builds the model, vocabulary and config a run starts from.
@@ -213,6 +305,10 @@ fn build_tagger(cfg: &TrainConfig, data: &Data, resume_from: Option<&Path>) -> R
             config.max_position_embeddings
         );
     }
+    let features = match resume_from {
+        Some(dir) => FeatureSpec::for_model(&config, dir)?,
+        None => fresh_features(cfg, data, &mut config, files.weights.is_some())?,
+    };
     let varmap = VarMap::new();
     let model =
         BertForTokenClassification::new_random(&varmap, &config, cfg.seed, DType::F32, &device)?;
@@ -239,7 +335,98 @@ fn build_tagger(cfg: &TrainConfig, data: &Data, resume_from: Option<&Path>) -> R
         device,
         max_units: cfg.max_length - 2,
         batch_size: cfg.batch_size.max(32),
+        features,
     })
+}
+
+/// The unit features a fresh run asks for, recorded in the model config.
+fn fresh_features(
+    cfg: &TrainConfig,
+    data: &Data,
+    config: &mut BertConfig,
+    pretrained: bool,
+) -> Result<FeatureSpec> {
+    if pretrained && (cfg.lexicon.is_some() || cfg.bigram_buckets > 0) {
+        bail!("lexicon and bigram features add new embeddings to the model; train a fresh model (model = \"config:PATH\") to use them");
+    }
+    let lexicon = match &cfg.lexicon {
+        Some(path) => {
+            let listed = crate::corpus::read_word_list(path)?;
+            let mut lex = Lexicon::from_words(listed.iter().map(|(w, _)| w));
+            for w in data.train.iter().flatten() {
+                lex.insert(w);
+            }
+            config.extra.insert(
+                crate::features::LEXICON_KEY.into(),
+                serde_json::json!(crate::features::LEXICON_FEATURES),
+            );
+            Some(lex)
+        }
+        None => None,
+    };
+    let mut bigram_seen = None;
+    if cfg.bigram_buckets > 0 {
+        config.extra.insert(
+            crate::features::BIGRAM_KEY.into(),
+            serde_json::json!(cfg.bigram_buckets),
+        );
+        if cfg.bigram_min_count > 0 {
+            let keys: Vec<Vec<String>> = data
+                .train
+                .iter()
+                .map(|w| units_of_words(w).units.iter().map(|u| u.key()).collect())
+                .collect();
+            bigram_seen = Some(FeatureSpec::seen_bigrams(
+                keys.iter().map(Vec::as_slice),
+                cfg.bigram_min_count,
+            ));
+            config.extra.insert(
+                crate::features::BIGRAM_SEEN_KEY.into(),
+                serde_json::json!(true),
+            );
+        }
+    }
+    Ok(FeatureSpec {
+        lexicon,
+        bigram_buckets: cfg.bigram_buckets,
+        bigram_seen,
+    })
+}
+
+/// The lexicon dev evaluation runs with. A list built from the whole training
+/// corpus holds every dev word, which the test set's unseen words will not be,
+/// so some dev words that the training split lacks are hidden from it: in a
+/// fixed pseudo-random order until `oov_rate` of the dev tokens are missing
+/// from the list (the expected test OOV rate), or all of them when unset.
+fn dev_lexicon(full: &Lexicon, data: &Data, oov_rate: Option<f64>) -> Lexicon {
+    let train_words: HashSet<&str> = data.train.iter().flatten().map(String::as_str).collect();
+    let dev_tokens: Vec<&str> = data
+        .dev
+        .iter()
+        .flat_map(|s| &s.words)
+        .map(String::as_str)
+        .collect();
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for w in &dev_tokens {
+        if !train_words.contains(w) {
+            *counts.entry(w).or_default() += 1;
+        }
+    }
+    let mut candidates: Vec<(&str, usize)> = counts.into_iter().collect();
+    candidates.sort_by_key(|&(w, _)| (crate::features::word_hash(w), w));
+    let mut lex = full.clone();
+    let mut missing = dev_tokens.iter().filter(|w| !full.contains(w)).count();
+    let target = oov_rate.map(|r| (r * dev_tokens.len() as f64).round() as usize);
+    for (w, n) in candidates {
+        if target.is_some_and(|t| missing >= t) {
+            break;
+        }
+        if lex.contains(w) {
+            lex.remove(w);
+            missing += n;
+        }
+    }
+    lex
 }
 
 /// Writes a checkpoint folder atomically: weights and config in Hugging Face
@@ -249,15 +436,11 @@ fn save_checkpoint(
     dest: &Path,
     tagger: &Tagger,
     cfg: &TrainConfig,
+    lexicon: Option<&Lexicon>,
     resume: Option<(&AdamW, &TrainerState)>,
 ) -> Result<()> {
     write_atomic(dest, |tmp| {
-        weights::save_pretrained(&tagger.varmap, &tagger.config, tmp, DType::F32)?;
-        tagger.vocab.save(&tmp.join("vocab.txt"))?;
-        std::fs::write(
-            tmp.join("tokenizer_config.json"),
-            "{\"tokenizer_class\": \"BertTokenizer\", \"do_lower_case\": true}\n",
-        )?;
+        tagger.save(tmp, DType::F32, lexicon)?;
         std::fs::write(tmp.join("cws-train.toml"), cfg.to_toml())?;
         if let Some((opt, state)) = resume {
             opt.save_state(tmp.join("optimizer.safetensors"))?;
@@ -269,6 +452,17 @@ fn save_checkpoint(
         Ok(())
     })
     .with_context(|| format!("writing checkpoint {}", dest.display()))
+}
+
+/// The epoch a run starts in: 0, or where the checkpoint being resumed stopped.
+fn state_epoch(resume_from: Option<&Path>) -> Result<usize> {
+    let Some(dir) = resume_from else {
+        return Ok(0);
+    };
+    let state: TrainerState =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)
+            .context("reading trainer_state.json")?;
+    Ok(state.epoch)
 }
 
 /// Runs (or resumes) training as configured.
@@ -326,8 +520,63 @@ pub fn train_until(
         1.0
     };
     let mut scaled_good_steps = 0u32;
-    let train_windows = windows(&data.train, &tagger.vocab, cfg.max_length - 2);
-    let lengths: Vec<usize> = train_windows.iter().map(|w| w.ids.len()).collect();
+    // Checkpoints keep the full lexicon; dev evaluation and training use the
+    // one without the dev-only words.
+    let full_lexicon = tagger.features.lexicon.clone();
+    if let Some(full) = &full_lexicon {
+        let dev = dev_lexicon(full, &data, cfg.dev_oov_rate);
+        // Kept for inspection: the list dev scores were measured with.
+        dev.save(&cfg.output_dir.join("dev-lexicon.safetensors"))?;
+        tagger.features.lexicon = Some(dev);
+    }
+    let perturb = |epoch: usize| {
+        let seed = cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        Perturb {
+            lexicon: (full_lexicon.is_some() && cfg.lexicon_dropout > 0.0)
+                .then_some((seed, cfg.lexicon_dropout)),
+            units: (cfg.unit_dropout > 0.0).then_some((seed ^ 1, cfg.unit_dropout)),
+        }
+    };
+    // Lexicon words as extra training sentences: never the dev words the
+    // training split lacks, so dev scores stay honest.
+    let pseudo_words: Vec<String> = match (&cfg.lexicon, cfg.lexicon_examples > 0.0) {
+        (Some(path), true) => {
+            let train_words: HashSet<&str> =
+                data.train.iter().flatten().map(String::as_str).collect();
+            let dev_only: HashSet<&str> = data
+                .dev
+                .iter()
+                .flat_map(|s| &s.words)
+                .map(String::as_str)
+                .filter(|w| !train_words.contains(w))
+                .collect();
+            crate::corpus::read_word_list(path)?
+                .into_iter()
+                .map(|(w, _)| w)
+                .filter(|w| !dev_only.contains(w.as_str()) && w.chars().count() <= 32)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let epoch_sentences = |epoch: usize| -> Vec<Vec<String>> {
+        let mut all = data.train.clone();
+        if !pseudo_words.is_empty() {
+            all.extend(lexicon_sentences(
+                &pseudo_words,
+                cfg.lexicon_examples,
+                cfg.seed ^ (epoch as u64).wrapping_mul(0xA076_1D64_78BD_642F),
+            ));
+        }
+        all
+    };
+    let mut train_windows = windows(
+        &epoch_sentences(state_epoch(resume_from)?),
+        &tagger.vocab,
+        cfg.max_length - 2,
+        &tagger.features,
+        Perturb::default(),
+    );
+    let mut lengths: Vec<usize> = train_windows.iter().map(|w| w.ids.len()).collect();
     let per_epoch = train_windows.len().div_ceil(cfg.batch_size) as u64;
     let total = cfg
         .max_steps
@@ -396,13 +645,24 @@ pub fn train_until(
     let mut interrupted = false;
     let mut loss_ema: Option<f64> = None;
 
-    let evaluate_and_save = |tagger: &Tagger,
+    let biases: Vec<f32> = if cfg.tune_boundary_bias {
+        (-12..=12).map(|k| k as f32 * 0.25).collect()
+    } else {
+        vec![0.0]
+    };
+    let evaluate_and_save = |tagger: &mut Tagger,
                              opt: &AdamW,
                              state: &mut TrainerState,
                              log: &mut std::fs::File|
      -> Result<Counts> {
         let t0 = Instant::now();
-        let c = evaluate(tagger, &data.dev, words.as_ref())?;
+        let (c, bias) = evaluate(&*tagger, &data.dev, words.as_ref(), &biases)?;
+        if cfg.tune_boundary_bias {
+            tagger.config.extra.insert(
+                crate::tagger::BOUNDARY_BIAS_KEY.into(),
+                serde_json::json!(bias),
+            );
+        }
         let f1 = c.f1();
         let improved = state.best_dev_f1.is_none_or(|b| f1 > b);
         if improved {
@@ -414,13 +674,19 @@ pub fn train_until(
             serde_json::json!({
                 "step": state.step, "epoch": state.epoch, "dev_f1": f1, "dev_precision": c.precision(),
                 "dev_recall": c.recall(), "dev_oov_recall": words.as_ref().map(|_| c.oov_recall()),
-                "eval_seconds": t0.elapsed().as_secs_f64(), "elapsed_s": started.elapsed().as_secs_f64(), "best": improved,
+                "boundary_bias": bias, "eval_seconds": t0.elapsed().as_secs_f64(), "elapsed_s": started.elapsed().as_secs_f64(), "best": improved,
             })
         )?;
         if improved {
-            save_checkpoint(&best_dir, tagger, cfg, None)?;
+            save_checkpoint(&best_dir, tagger, cfg, full_lexicon.as_ref(), None)?;
         }
-        save_checkpoint(&last_dir, tagger, cfg, Some((opt, state)))?;
+        save_checkpoint(
+            &last_dir,
+            tagger,
+            cfg,
+            full_lexicon.as_ref(),
+            Some((opt, state)),
+        )?;
         Ok(c)
     };
 
@@ -428,6 +694,19 @@ pub fn train_until(
         let mut rng = rand::rngs::StdRng::seed_from_u64(
             cfg.seed ^ (state.epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
+        let p = perturb(state.epoch);
+        if p.lexicon.is_some() || p.units.is_some() || !pseudo_words.is_empty() {
+            // A fresh draw of hidden lexicon entries, [UNK] units and lexicon
+            // sentences each epoch.
+            train_windows = windows(
+                &epoch_sentences(state.epoch),
+                &tagger.vocab,
+                cfg.max_length - 2,
+                &tagger.features,
+                p,
+            );
+            lengths = train_windows.iter().map(|w| w.ids.len()).collect();
+        }
         let batches = training_batches(&lengths, cfg.batch_size, &mut rng);
         for idx in batches.iter().skip(state.batch_in_epoch) {
             let ws: Vec<&Window> = idx.iter().map(|&i| &train_windows[i]).collect();
@@ -438,9 +717,10 @@ pub fn train_until(
                 .expect("training windows carry labels");
             let mut dropout =
                 DropoutRng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(state.step));
-            let logits = tagger.model.forward(
+            let logits = tagger.model.forward_with(
                 &batch.input_ids,
                 &batch.attention_mask,
+                &batch.features,
                 Some(&mut dropout),
             )?;
             let loss = masked_cross_entropy(&logits, labels)?;
@@ -509,7 +789,8 @@ pub fn train_until(
             }
             let stop = INTERRUPTED.load(Ordering::SeqCst) || stop_after == Some(state.step);
             if state.step.is_multiple_of(eval_every) || state.step == total || stop {
-                let c = bar.suspend(|| evaluate_and_save(&tagger, &opt, &mut state, &mut log))?;
+                let c =
+                    bar.suspend(|| evaluate_and_save(&mut tagger, &opt, &mut state, &mut log))?;
                 bar.println(format!(
                     "step {}: dev F1 {:.4} (P {:.4} R {:.4}), best {:.4}",
                     state.step,

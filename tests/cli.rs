@@ -1,7 +1,7 @@
 //! The command line as a newcomer meets it: the README's commands run as
 //! written, CI runs the README's test command, and `--help` shows examples.
 
-use crate::common::{cws, data_dir, repo_root};
+use crate::common::{cws, repo_root, run_cws};
 
 fn readme() -> String {
     std::fs::read_to_string(repo_root().join("README.md")).unwrap()
@@ -14,9 +14,6 @@ fn first_screen() -> String {
 
 #[test]
 fn readme_segment_command_works() {
-    if data_dir().is_none() {
-        return;
-    }
     let screen = first_screen();
     let line = screen
         .lines()
@@ -66,10 +63,33 @@ fn help_shows_an_example_per_subcommand() {
 }
 
 #[test]
-fn segment_without_model_says_what_to_pass() {
-    let out = cws().arg("segment").output().unwrap();
+fn segment_uses_the_bundled_pku_model_by_default() {
+    let bundled = repo_root().join("models/pku");
+    assert!(
+        bundled.join("config.json").is_file() && bundled.join("lexicon.safetensors").is_file(),
+        "models/pku is in the repository"
+    );
+    let input = "１９９８年，中国经济增长７．８％。http://www.x.cn 上海浦东开发\n\n";
+    let out = run_cws(&["segment"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.replace(' ', ""), input.replace(' ', ""));
+    assert!(text.contains("中国 ") && text.contains(" 经济"), "{text}");
+}
+
+#[test]
+fn segment_with_a_missing_model_names_it() {
+    let out = cws()
+        .arg("segment")
+        .env("CWS_MODEL", "/nonexistent/cws-model")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr)
-        .unwrap()
-        .contains("--dict-only"));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("/nonexistent/cws-model"), "{err}");
 }

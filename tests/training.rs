@@ -145,7 +145,12 @@ fn training_learns_checkpoints_and_resumes_exactly() {
 
     // The trained model segments through the CLI, losslessly.
     let model = tmp.path().join("full/best");
-    let input = "我们学习经济，发展中国。\r\n\n  ABC国际1998年😀\n";
+    segments_losslessly(&model, "我们学习经济，发展中国。\r\n\n  ABC国际1998年😀\n");
+}
+
+/// Runs `cws segment --model model` on `input` and checks that removing the
+/// separators gives the input back.
+fn segments_losslessly(model: &Path, input: &str) {
     let out = run_cws(
         &[
             "segment",
@@ -222,6 +227,18 @@ fn command_line_overrides_every_usual_field() {
         "cpu",
         "--precision",
         "bf16",
+        "--lexicon",
+        "lex",
+        "--lexicon-dropout",
+        "0.3",
+        "--bigram-buckets",
+        "99",
+        "--unit-dropout",
+        "0.2",
+        "--dev-oov-rate",
+        "0.05",
+        "--dropout",
+        "0.25",
     ])
     .unwrap();
     let cws::commands::Command::Train(args) = cli.command else {
@@ -253,4 +270,60 @@ fn command_line_overrides_every_usual_field() {
     );
     assert_eq!(c.output_dir.to_str(), Some("o"));
     assert_eq!(c.words.as_deref().and_then(|w| w.to_str()), Some("w"));
+    assert_eq!(c.lexicon.as_deref().and_then(|w| w.to_str()), Some("lex"));
+    assert_eq!(
+        (
+            c.lexicon_dropout,
+            c.bigram_buckets,
+            c.unit_dropout,
+            c.dev_oov_rate
+        ),
+        (0.3, 99, 0.2, Some(0.05))
+    );
+    assert_eq!(c.dropout, Some(0.25));
+}
+
+/// A model with lexicon and bigram features: the checkpoint carries the hashed
+/// lexicon and the extra embeddings, reloads, and segments losslessly.
+#[test]
+fn lexicon_and_bigram_features_train_save_and_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), "lex", 40);
+    let lex = write_file(tmp.path(), "words.txt", "研究生\n计算机\n".as_bytes());
+    cfg.lexicon = Some(lex);
+    cfg.bigram_buckets = 64;
+    cfg.unit_dropout = 0.1;
+    cfg.learning_rate = 5e-3;
+    let s = train_until(&cfg, false, Progress::Quiet, None).unwrap();
+    assert!(s.best_dev_f1.unwrap() > 0.5, "{:?}", s.best_dev_f1);
+    let model = tmp.path().join("lex/best");
+    assert!(model.join("lexicon.safetensors").is_file());
+    let hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(hf["cws_lexicon_features"], 10);
+    assert_eq!(hf["cws_bigram_buckets"], 64);
+    let names = safetensors_names(&model.join("model.safetensors"));
+    for n in [
+        "bert.embeddings.lexicon_embeddings.weight",
+        "bert.embeddings.bigram_embeddings.weight",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+    }
+    segments_losslessly(&model, "我们研究生的计算机，ABC国际1998年😀\n");
+
+    // Without its lexicon file the model refuses to load, naming the file.
+    std::fs::remove_file(model.join("lexicon.safetensors")).unwrap();
+    let out = run_cws(&["segment", "--model", model.to_str().unwrap()], b"x\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("lexicon.safetensors"),
+        "{err}"
+    );
+}
+
+fn safetensors_names(path: &Path) -> Vec<String> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_keys()
+        .collect()
 }

@@ -162,11 +162,7 @@ fn run_segment(a: SegmentArgs) -> Result<()> {
             };
             tagger = Tagger::load(&source, &open_device(parse_device(&a.device)?)?)?;
             (
-                Box::new(ModelSplitter {
-                    tagger: &tagger,
-                    decode: Decode::Viterbi,
-                    dict: None,
-                }),
+                Box::new(ModelSplitter::new(&tagger, Decode::Viterbi, None)),
                 format!("cws {source}"),
             )
         }

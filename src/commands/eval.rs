@@ -143,11 +143,7 @@ pub fn render(c: &Counts, with_oov: bool, format: ReportFormat) -> String {
 fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line>> {
     let device = open_device(parse_device(&args.device)?)?;
     let tagger = Tagger::load(model, &device)?;
-    let splitter = ModelSplitter {
-        tagger: &tagger,
-        decode: Decode::Viterbi,
-        dict: None,
-    };
+    let splitter = ModelSplitter::new(&tagger, Decode::Viterbi, None);
     let texts: Vec<(usize, String)> = gold
         .iter()
         .map(|l| (l.number, split_words(&l.text).concat()))

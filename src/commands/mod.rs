@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod export;
 pub mod segment;
 pub mod train;
 
@@ -21,6 +22,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Segment text: reads lines from stdin (or --input), writes them with words separated.
@@ -32,6 +35,9 @@ pub enum Command {
     /// Train a segmenter: fine-tune bert-base-chinese or train a small BERT from scratch.
     #[command(after_help = train::EXAMPLES)]
     Train(train::Args),
+    /// Copy a trained model into a folder fit to ship (weights optionally as f16).
+    #[command(after_help = export::EXAMPLES)]
+    Export(export::Args),
     /// Measure throughput: model training/inference steps, or segmentation speed.
     #[command(after_help = bench::EXAMPLES)]
     Bench(bench::Args),
@@ -42,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Segment(args) => segment::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

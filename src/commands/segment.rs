@@ -74,11 +74,7 @@ pub fn run(args: Args) -> Result<()> {
             };
             let device = open_device(parse_device(&args.device)?)?;
             tagger = Tagger::load(&source, &device)?;
-            Box::new(ModelSplitter {
-                tagger: &tagger,
-                decode: args.decode,
-                dict: user_dict.as_ref(),
-            })
+            Box::new(ModelSplitter::new(&tagger, args.decode, user_dict.as_ref()))
         }
     };
     let stdin = std::io::stdin();

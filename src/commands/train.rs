@@ -33,6 +33,30 @@ pub struct Args {
     /// Override `words` (training word list for dev OOV figures).
     #[arg(long)]
     pub words: Option<PathBuf>,
+    /// Override `lexicon` (word list read as lexicon features).
+    #[arg(long)]
+    pub lexicon: Option<PathBuf>,
+    /// Override `dropout` (hidden, attention and classifier dropout).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Override `lexicon_dropout`.
+    #[arg(long)]
+    pub lexicon_dropout: Option<f64>,
+    /// Override `bigram_buckets` (0 = no bigram features).
+    #[arg(long)]
+    pub bigram_buckets: Option<usize>,
+    /// Override `lexicon_examples`.
+    #[arg(long)]
+    pub lexicon_examples: Option<f64>,
+    /// Override `bigram_min_count`.
+    #[arg(long)]
+    pub bigram_min_count: Option<usize>,
+    /// Override `unit_dropout`.
+    #[arg(long)]
+    pub unit_dropout: Option<f64>,
+    /// Override `dev_oov_rate`.
+    #[arg(long)]
+    pub dev_oov_rate: Option<f64>,
     /// Override `output_dir`.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
@@ -82,8 +106,22 @@ pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
         eval_every,
         seed,
         device,
-        precision
+        precision,
+        lexicon_dropout,
+        bigram_buckets,
+        unit_dropout,
+        lexicon_examples,
+        bigram_min_count
     );
+    if args.dropout.is_some() {
+        c.dropout = args.dropout;
+    }
+    if args.dev_oov_rate.is_some() {
+        c.dev_oov_rate = args.dev_oov_rate;
+    }
+    if args.lexicon.is_some() {
+        c.lexicon = args.lexicon.clone();
+    }
     if args.dev.is_some() {
         c.dev = args.dev.clone();
     }
