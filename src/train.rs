@@ -825,3 +825,42 @@ pub fn train_until(
         output_dir: cfg.output_dir.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentence(line: usize, words: &[&str]) -> Sentence {
+        Sentence {
+            line,
+            words: words.iter().map(|w| w.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn dev_lexicon_hides_dev_only_words_up_to_the_target() {
+        let data = Data {
+            train: vec![vec!["我们".into(), "学习".into()]],
+            dev: vec![
+                sentence(1, &["我们", "研究", "经济"]),
+                sentence(2, &["我们", "研究", "市场", "经济"]),
+            ],
+            inner_boundaries: 0,
+        };
+        let full = Lexicon::from_words(["我们", "学习", "研究", "经济", "市场"]);
+        // Unset: every dev word the training split lacks is hidden.
+        let all = dev_lexicon(&full, &data, None);
+        assert!(all.contains("我们") && all.contains("学习"));
+        assert!(!all.contains("研究") && !all.contains("经济") && !all.contains("市场"));
+        // 7 dev tokens: a 0.25 target hides words until 2 tokens are out.
+        let some = dev_lexicon(&full, &data, Some(0.25));
+        let hidden: usize = ["研究", "经济", "市场"]
+            .iter()
+            .filter(|w| !some.contains(w))
+            .map(|w| if *w == "市场" { 1 } else { 2 })
+            .sum();
+        assert!((2..=3).contains(&hidden), "{hidden} tokens hidden");
+        assert!(some.contains("我们"));
+        assert_eq!(dev_lexicon(&full, &data, Some(0.0)).len(), full.len());
+    }
+}

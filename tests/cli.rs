@@ -82,6 +82,24 @@ fn segment_uses_the_bundled_pku_model_by_default() {
 }
 
 #[test]
+fn boundary_bias_moves_granularity_without_losing_text() {
+    let input = "中华人民共和国国务院总理在北京人民大会堂会见外国代表团\n";
+    let words = |bias: &str| {
+        let out = run_cws(&["segment", "--boundary-bias", bias], input.as_bytes());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.replace(' ', ""), input);
+        text.split_whitespace().count()
+    };
+    let (fewer, more) = (words("-6"), words("6"));
+    assert!(fewer < more, "{fewer} words at -6, {more} at 6");
+}
+
+#[test]
 fn segment_with_a_missing_model_names_it() {
     let out = cws()
         .arg("segment")

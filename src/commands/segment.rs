@@ -26,6 +26,11 @@ pub struct Args {
     /// Decoding of the model's label scores.
     #[arg(long, value_enum, default_value = "viterbi")]
     pub decode: Decode,
+    /// Added to the scores of word-ending labels before decoding: above 0
+    /// splits more, below 0 keeps more characters together (default: the
+    /// model's own, `cws_boundary_bias` in its config.json).
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "dict_only")]
+    pub boundary_bias: Option<f32>,
     /// Worker threads for the model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -74,7 +79,11 @@ pub fn run(args: Args) -> Result<()> {
             };
             let device = open_device(parse_device(&args.device)?)?;
             tagger = Tagger::load(&source, &device)?;
-            Box::new(ModelSplitter::new(&tagger, args.decode, user_dict.as_ref()))
+            let mut splitter = ModelSplitter::new(&tagger, args.decode, user_dict.as_ref());
+            if let Some(b) = args.boundary_bias {
+                splitter.boundary_bias = b;
+            }
+            Box::new(splitter)
         }
     };
     let stdin = std::io::stdin();
