@@ -1,5 +1,5 @@
 //! Units, the model's view of text: one unit per character, except that a
-//! number and a run of Latin letters each form one unit. Full-width ASCII forms
+//! number, a run of Latin letters and a web or e-mail address each form one unit. Full-width ASCII forms
 //! read as their half-width twins. Every unit keeps its byte span of the
 //! original text, so joining the units' text gives back the input exactly.
 //!
@@ -7,12 +7,18 @@
 //! data/README.md), so raw `１９９８年` and normalised `0年` give the same units:
 //! - number: `[-+]?[0-9]+([.·][0-9]+)?%?` after width folding, matched leftmost
 //!   and greedily (the same regular expression the training files collapsed to `0`);
-//! - Latin run: `[A-Za-z_.]+` after width folding (collapsed to `X` there).
+//! - Latin run: `[A-Za-z_.]+` after width folding (collapsed to `X` there);
+//! - web address or e-mail (raw text only; the training files have none): a run
+//!   of URL characters starting `http://`, `https://`, `ftp://` or `www.`, or
+//!   `name@host.tld`, after width folding, without trailing `.,;:!?)`. It reads
+//!   as a Latin run (`X`), so it is one unit, never split.
 //!
-//! Numbers are tried before Latin runs at each position; scanning left to right
-//! this way yields the same units as applying the two substitutions one after the
-//! other over the whole line, because a Latin run never contains a digit and a
-//! number only takes a `.` that is followed by a digit.
+//! Addresses are tried first, then numbers, then Latin runs. Without addresses,
+//! trying numbers before Latin runs and scanning left to right yields the same
+//! units as applying the two substitutions one after the other over the whole
+//! line, because a Latin run never contains a digit and a number only takes a
+//! `.` that is followed by a digit. (The PKU gold files write addresses as one
+//! word, e.g. `www.people.com.cn／sport`.)
 
 use std::ops::Range;
 
@@ -23,6 +29,8 @@ pub enum UnitKind {
     Char(char),
     Number,
     Latin,
+    /// A web address or e-mail address (seen by the model as a Latin run).
+    Address,
 }
 
 /// One unit with its byte span in the original text.
@@ -39,7 +47,7 @@ impl Unit {
         match self.kind {
             UnitKind::Char(c) => c.to_string(),
             UnitKind::Number => "0".to_string(),
-            UnitKind::Latin => "X".to_string(),
+            UnitKind::Latin | UnitKind::Address => "X".to_string(),
         }
     }
 }
@@ -86,6 +94,58 @@ fn number_len(chars: &[char], i: usize) -> Option<usize> {
     Some(j - i)
 }
 
+fn is_url_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c)
+}
+
+/// Length in chars of the web or e-mail address starting at `chars[i]`, if any.
+fn address_len(chars: &[char], i: usize) -> Option<usize> {
+    let starts = |p: &str| {
+        p.chars().enumerate().all(|(k, c)| {
+            chars
+                .get(i + k)
+                .is_some_and(|&x| x.to_ascii_lowercase() == c)
+        })
+    };
+    let run = chars[i..].iter().take_while(|&&c| is_url_char(c)).count();
+    let prefix = ["http://", "https://", "ftp://", "www."]
+        .iter()
+        .find(|p| starts(p))
+        .map(|p| p.len());
+    let len = match prefix {
+        Some(p) if run > p => run,
+        _ => {
+            // name@host.tld: a name of [A-Za-z0-9._%+-], then a host with a dot.
+            let name = chars[i..]
+                .iter()
+                .take_while(|&&c| c.is_ascii_alphanumeric() || "._%+-".contains(c))
+                .count();
+            if name == 0 || chars.get(i + name) != Some(&'@') {
+                return None;
+            }
+            let host = chars[i + name + 1..]
+                .iter()
+                .take_while(|&&c| c.is_ascii_alphanumeric() || ".-".contains(c))
+                .count();
+            let host_text: String = chars[i + name + 1..i + name + 1 + host].iter().collect();
+            let tld_ok = host_text
+                .trim_end_matches('.')
+                .rsplit_once('.')
+                .is_some_and(|(h, t)| !h.is_empty() && t.len() >= 2);
+            if !tld_ok {
+                return None;
+            }
+            name + 1 + host
+        }
+    };
+    // Sentence punctuation right after an address is not part of it.
+    let mut len = len;
+    while len > 1 && ".,;:!?)'".contains(chars[i + len - 1]) {
+        len -= 1;
+    }
+    Some(len)
+}
+
 /// Splits `text` into units. Whitespace characters, where a caller passes them,
 /// become units of their own like any other character.
 pub fn split_units(text: &str) -> Vec<Unit> {
@@ -98,7 +158,9 @@ pub fn split_units(text: &str) -> Vec<Unit> {
     let mut units = Vec::with_capacity(folded.len());
     let mut i = 0;
     while i < folded.len() {
-        let (len, kind) = if let Some(n) = number_len(&folded, i) {
+        let (len, kind) = if let Some(n) = address_len(&folded, i) {
+            (n, UnitKind::Address)
+        } else if let Some(n) = number_len(&folded, i) {
             (n, UnitKind::Number)
         } else if is_latin(folded[i]) {
             let n = folded[i..].iter().take_while(|&&c| is_latin(c)).count();
@@ -195,6 +257,28 @@ mod tests {
         let joined: String = units.iter().map(|u| &text[u.span.clone()]).collect();
         assert_eq!(joined, text);
         assert_eq!(keys(text), ["约", "0", "的", "X", "和", "0", "0", "年"]);
+    }
+
+    #[test]
+    fn web_and_mail_addresses_are_one_unit() {
+        let text = "访问http://www.pku.edu.cn/a?b=1获取，见www.x.cn.或ｈｔｔｐｓ：／／ｘ．ｃｎ，写信给zhang.san@pku.edu.cn。";
+        let words: Vec<&str> = split_units(text)
+            .iter()
+            .filter(|u| u.kind == UnitKind::Address)
+            .map(|u| &text[u.span.clone()])
+            .collect();
+        assert_eq!(
+            words,
+            [
+                "http://www.pku.edu.cn/a?b=1",
+                "www.x.cn",
+                "ｈｔｔｐｓ：／／ｘ．ｃｎ",
+                "zhang.san@pku.edu.cn"
+            ]
+        );
+        // Training text normalises Latin runs to X: `X://X` stays three units.
+        assert_eq!(keys("X://X"), ["X", ":", "/", "/", "X"]);
+        assert_eq!(keys("a@b"), ["X", "@", "X"]);
     }
 
     #[test]

@@ -79,6 +79,10 @@ fn segment_uses_the_bundled_pku_model_by_default() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.replace(' ', ""), input.replace(' ', ""));
     assert!(text.contains("中国 ") && text.contains(" 经济"), "{text}");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for whole in ["http://www.x.cn", "７．８％"] {
+        assert!(words.contains(&whole), "{whole} kept whole: {text}");
+    }
 }
 
 #[test]
