@@ -35,6 +35,9 @@ pub fn word_hash(word: &str) -> u64 {
     hash_keys(&Lexicon::keys(word))
 }
 
+/// The key standing for "no unit" beyond a sequence's ends, in bigrams.
+const EDGE: &str = "\u{2}";
+
 /// FNV-1a over the units' keys, each followed by a separator byte.
 fn hash_keys(keys: &[String]) -> u64 {
     let mut h = Fnv::new();
@@ -281,12 +284,11 @@ impl FeatureSpec {
         sentences: impl IntoIterator<Item = &'a [String]>,
         min_count: usize,
     ) -> Lexicon {
-        let edge = String::from("\u{2}");
         let mut counts: HashMap<u64, usize> = HashMap::new();
         for keys in sentences {
             let at = |i: usize| {
                 if i == 0 || i > keys.len() {
-                    &edge
+                    EDGE
                 } else {
                     &keys[i - 1]
                 }
@@ -316,10 +318,9 @@ impl FeatureSpec {
             .map(|l| l.features(keys, lexicon_dropout))
             .unwrap_or_default();
         let bigrams = if self.bigram_buckets > 0 {
-            let edge = String::from("\u{2}");
             let at = |i: isize| -> &str {
                 if i < 0 || i as usize >= keys.len() {
-                    &edge
+                    EDGE
                 } else {
                     &keys[i as usize]
                 }

@@ -138,6 +138,12 @@ impl BertConfig {
                 .collect(),
         );
         self.extra.remove("num_labels");
+        self.mark_token_classifier();
+    }
+
+    /// Names the architecture and model type that transformers'
+    /// `from_pretrained` reads from config.json.
+    pub fn mark_token_classifier(&mut self) {
         self.extra.insert(
             "architectures".into(),
             serde_json::json!(["BertForTokenClassification"]),

@@ -56,6 +56,19 @@ pub fn chunk_spans(line: &str) -> Vec<Range<usize>> {
     spans
 }
 
+/// Byte ranges (in the chunk's text) of words given as lengths in units.
+pub fn word_spans(chunk: &Chunk<'_>, lengths: &[usize]) -> Vec<Range<usize>> {
+    let mut at = 0;
+    lengths
+        .iter()
+        .map(|&n| {
+            let span = chunk.units[at].span.start..chunk.units[at + n - 1].span.end;
+            at += n;
+            span
+        })
+        .collect()
+}
+
 /// Words of each line as byte ranges of that line, in order.
 pub fn segment_lines(
     lines: &[&str],
@@ -82,11 +95,8 @@ pub fn segment_lines(
                 chunk.units.len()
             );
         }
-        let mut at = 0;
-        for &n in lens {
-            let span = chunk.units[at].span.start..chunk.units[at + n - 1].span.end;
+        for span in word_spans(chunk, lens) {
             words[li].push(offset + span.start..offset + span.end);
-            at += n;
         }
     }
     Ok(words)

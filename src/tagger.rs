@@ -298,13 +298,17 @@ impl<'a> ModelSplitter<'a> {
             let allowed = self.dict.map(|d| dictionary_constraints(d, c));
             let mut lengths = Vec::new();
             for r in sentences {
-                let mut sc = next.next().expect("one score row per sentence").clone();
-                if bias != 0.0 {
-                    for s in &mut sc {
+                let row = next.next().expect("one score row per sentence");
+                let sc: std::borrow::Cow<[[f32; NUM_LABELS]]> = if bias == 0.0 {
+                    std::borrow::Cow::Borrowed(row)
+                } else {
+                    let mut biased = row.clone();
+                    for s in &mut biased {
                         s[Label::E.id()] += bias;
                         s[Label::S.id()] += bias;
                     }
-                }
+                    std::borrow::Cow::Owned(biased)
+                };
                 let labels = match self.decode {
                     Decode::Viterbi => viterbi(&sc, allowed.as_ref().map(|a| &a[r.clone()])),
                     Decode::Argmax => match &allowed {

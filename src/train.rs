@@ -19,7 +19,7 @@ use crate::model::{
 };
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::score::{score_lines, Counts};
-use crate::segment::Chunk;
+use crate::segment::{word_spans, Chunk};
 use crate::tagger::{Decode, ModelSplitter, Tagger};
 use crate::units::split_units;
 use crate::units::units_of_words;
@@ -228,20 +228,13 @@ pub fn evaluate(
             .iter()
             .zip(&lengths)
             .zip(dev)
-            .map(|((c, lens), s)| {
-                let mut at = 0;
-                let words: Vec<&str> = lens
-                    .iter()
-                    .map(|&n| {
-                        let w = &c.text[c.units[at].span.start..c.units[at + n - 1].span.end];
-                        at += n;
-                        w
-                    })
-                    .collect();
-                Line {
-                    number: s.line,
-                    text: words.join(" "),
-                }
+            .map(|((c, lens), s)| Line {
+                number: s.line,
+                text: word_spans(c, lens)
+                    .into_iter()
+                    .map(|r| &c.text[r])
+                    .collect::<Vec<_>>()
+                    .join(" "),
             })
             .collect();
         let counts = score_lines(&gold, &pred, words);
@@ -399,24 +392,21 @@ fn fresh_features(
 /// fixed pseudo-random order until `oov_rate` of the dev tokens are missing
 /// from the list (the expected test OOV rate), or all of them when unset.
 fn dev_lexicon(full: &Lexicon, data: &Data, oov_rate: Option<f64>) -> Lexicon {
-    let train_words: HashSet<&str> = data.train.iter().flatten().map(String::as_str).collect();
-    let dev_tokens: Vec<&str> = data
-        .dev
-        .iter()
-        .flat_map(|s| &s.words)
-        .map(String::as_str)
-        .collect();
+    let dev_tokens = data.dev.iter().flat_map(|s| &s.words).count();
     let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for w in &dev_tokens {
-        if !train_words.contains(w) {
-            *counts.entry(w).or_default() += 1;
-        }
+    for w in dev_only_words(data) {
+        *counts.entry(w).or_default() += 1;
     }
     let mut candidates: Vec<(&str, usize)> = counts.into_iter().collect();
     candidates.sort_by_key(|&(w, _)| (crate::features::word_hash(w), w));
     let mut lex = full.clone();
-    let mut missing = dev_tokens.iter().filter(|w| !full.contains(w)).count();
-    let target = oov_rate.map(|r| (r * dev_tokens.len() as f64).round() as usize);
+    let mut missing = data
+        .dev
+        .iter()
+        .flat_map(|s| &s.words)
+        .filter(|w| !full.contains(w))
+        .count();
+    let target = oov_rate.map(|r| (r * dev_tokens as f64).round() as usize);
     for (w, n) in candidates {
         if target.is_some_and(|t| missing >= t) {
             break;
@@ -427,6 +417,16 @@ fn dev_lexicon(full: &Lexicon, data: &Data, oov_rate: Option<f64>) -> Lexicon {
         }
     }
     lex
+}
+
+/// Dev word tokens (repeats included) that the training split never contains.
+fn dev_only_words(data: &Data) -> impl Iterator<Item = &str> {
+    let train_words: HashSet<&str> = data.train.iter().flatten().map(String::as_str).collect();
+    data.dev
+        .iter()
+        .flat_map(|s| &s.words)
+        .map(String::as_str)
+        .filter(move |w| !train_words.contains(w))
 }
 
 /// Writes a checkpoint folder atomically: weights and config in Hugging Face
@@ -454,15 +454,10 @@ fn save_checkpoint(
     .with_context(|| format!("writing checkpoint {}", dest.display()))
 }
 
-/// The epoch a run starts in: 0, or where the checkpoint being resumed stopped.
-fn state_epoch(resume_from: Option<&Path>) -> Result<usize> {
-    let Some(dir) = resume_from else {
-        return Ok(0);
-    };
-    let state: TrainerState =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)
-            .context("reading trainer_state.json")?;
-    Ok(state.epoch)
+/// The trainer state saved with a `last` checkpoint.
+fn read_state(dir: &Path) -> Result<TrainerState> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)
+        .context("reading trainer_state.json")
 }
 
 /// Runs (or resumes) training as configured.
@@ -495,6 +490,7 @@ pub fn train_until(
         None
     };
     let data = load_data(cfg)?;
+    let resumed = resume_from.map(read_state).transpose()?;
     if data.inner_boundaries > 0 {
         eprintln!(
             "note: {} gold word boundaries fall inside a number or Latin unit and cannot be learned",
@@ -541,15 +537,7 @@ pub fn train_until(
     // training split lacks, so dev scores stay honest.
     let pseudo_words: Vec<String> = match (&cfg.lexicon, cfg.lexicon_examples > 0.0) {
         (Some(path), true) => {
-            let train_words: HashSet<&str> =
-                data.train.iter().flatten().map(String::as_str).collect();
-            let dev_only: HashSet<&str> = data
-                .dev
-                .iter()
-                .flat_map(|s| &s.words)
-                .map(String::as_str)
-                .filter(|w| !train_words.contains(w))
-                .collect();
+            let dev_only: HashSet<&str> = dev_only_words(&data).collect();
             crate::corpus::read_word_list(path)?
                 .into_iter()
                 .map(|(w, _)| w)
@@ -558,19 +546,20 @@ pub fn train_until(
         }
         _ => Vec::new(),
     };
-    let epoch_sentences = |epoch: usize| -> Vec<Vec<String>> {
-        let mut all = data.train.clone();
-        if !pseudo_words.is_empty() {
-            all.extend(lexicon_sentences(
-                &pseudo_words,
-                cfg.lexicon_examples,
-                cfg.seed ^ (epoch as u64).wrapping_mul(0xA076_1D64_78BD_642F),
-            ));
+    let epoch_sentences = |epoch: usize| -> std::borrow::Cow<[Vec<String>]> {
+        if pseudo_words.is_empty() {
+            return std::borrow::Cow::Borrowed(&data.train);
         }
-        all
+        let mut all = data.train.clone();
+        all.extend(lexicon_sentences(
+            &pseudo_words,
+            cfg.lexicon_examples,
+            cfg.seed ^ (epoch as u64).wrapping_mul(0xA076_1D64_78BD_642F),
+        ));
+        std::borrow::Cow::Owned(all)
     };
     let mut train_windows = windows(
-        &epoch_sentences(state_epoch(resume_from)?),
+        &epoch_sentences(resumed.as_ref().map_or(0, |s| s.epoch)),
         &tagger.vocab,
         cfg.max_length - 2,
         &tagger.features,
@@ -597,10 +586,9 @@ pub fn train_until(
         total_steps: total,
         ..TrainerState::default()
     };
-    if let Some(dir) = resume_from {
+    if let (Some(dir), Some(resumed)) = (resume_from, resumed) {
         opt.load_state(dir.join("optimizer.safetensors"))?;
-        state = serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)
-            .context("reading trainer_state.json")?;
+        state = resumed;
         if state.total_steps != total {
             bail!(
                 "--resume: the checkpoint was trained for {} steps but this config gives {total}; resume with the same config",

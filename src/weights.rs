@@ -173,13 +173,7 @@ pub fn save_pretrained(
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut cfg = cfg.clone();
-    cfg.extra.insert(
-        "architectures".into(),
-        serde_json::json!(["BertForTokenClassification"]),
-    );
-    cfg.extra
-        .entry("model_type")
-        .or_insert_with(|| serde_json::json!("bert"));
+    cfg.mark_token_classifier();
     let json = cfg.to_json_string()?;
     let cfg_path = dir.join("config.json");
     let tmp = dir.join(format!(".config.json.tmp{}", std::process::id()));
