@@ -44,6 +44,21 @@ pub struct TrainConfig {
     /// words and learns to read the lexicon features for words it never saw.
     #[serde(default)]
     pub unit_dropout: f64,
+    /// A word that stands in for every word longer than four units in the
+    /// training corpus (the public 10% files write `L`): each is replaced by a
+    /// word of five or more units drawn from the `lexicon` list, in the
+    /// training and the dev sentences alike.
+    pub long_word_placeholder: Option<String>,
+    /// Held-out features, a fresh deal each epoch: training sentences are dealt
+    /// into this many folds and each sees units, bigrams (with
+    /// `bigram_min_count`) and lexicon entries as the other folds have them, so
+    /// that unseen words look in training as they will at test time; 0 = off.
+    #[serde(default)]
+    pub heldout_folds: usize,
+    /// With `heldout_folds`: the fraction of a sentence's words that no other
+    /// fold has which are also hidden from the lexicon.
+    #[serde(default)]
+    pub heldout_hide: f64,
     /// At each dev evaluation, also pick the boundary bias (added to the scores
     /// of word-ending labels, -3 to 3 in steps of 0.25) that scores best on dev,
     /// and save it with the checkpoint; `cws segment` then decodes with it.
@@ -205,6 +220,15 @@ impl TrainConfig {
             bail!(
                 "unit_dropout must be in [0, 1) (found {})",
                 self.unit_dropout
+            );
+        }
+        if self.heldout_folds == 1 {
+            bail!("heldout_folds must be 0 (off) or at least 2");
+        }
+        if !(0.0..=1.0).contains(&self.heldout_hide) {
+            bail!(
+                "heldout_hide must be in [0, 1] (found {})",
+                self.heldout_hide
             );
         }
         if let Some(r) = self.dev_oov_rate {

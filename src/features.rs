@@ -63,7 +63,7 @@ impl Fnv {
 }
 
 /// SplitMix64 finaliser: spreads a hash so that its high bits are uniform.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -106,6 +106,17 @@ impl Lexicon {
 
     pub fn remove(&mut self, word: &str) {
         self.hashes.remove(&hash_keys(&Self::keys(word)));
+    }
+
+    /// Removes entries given by their hashes (see [`word_hash`]).
+    pub fn remove_hashes(&mut self, hashes: impl IntoIterator<Item = u64>) {
+        for h in hashes {
+            self.hashes.remove(&h);
+        }
+    }
+
+    pub fn contains_hash(&self, hash: u64) -> bool {
+        self.hashes.contains(&hash)
     }
 
     pub fn contains(&self, word: &str) -> bool {
@@ -278,7 +289,28 @@ impl FeatureSpec {
         })
     }
 
-    /// The bigrams (edges included, as `compute` forms them) that occur at
+    /// The hashes of a sequence's n + 1 bigrams, given its n unit keys: pair i
+    /// is units i - 1 and i, with an edge key beyond either end. Unit i's left
+    /// bigram is pair i, its right one pair i + 1.
+    pub fn bigram_pairs(keys: &[String]) -> Vec<u64> {
+        let at = |i: usize| {
+            if i == 0 || i > keys.len() {
+                EDGE
+            } else {
+                &keys[i - 1]
+            }
+        };
+        (0..=keys.len())
+            .map(|i| {
+                let mut pair = Fnv::new();
+                pair.push(at(i));
+                pair.push(at(i + 1));
+                pair.0
+            })
+            .collect()
+    }
+
+    /// The bigrams (as [`FeatureSpec::bigram_pairs`] hashes them) that occur at
     /// least `min_count` times in `sentences` (each given as unit keys).
     pub fn seen_bigrams<'a>(
         sentences: impl IntoIterator<Item = &'a [String]>,
@@ -286,18 +318,8 @@ impl FeatureSpec {
     ) -> Lexicon {
         let mut counts: HashMap<u64, usize> = HashMap::new();
         for keys in sentences {
-            let at = |i: usize| {
-                if i == 0 || i > keys.len() {
-                    EDGE
-                } else {
-                    &keys[i - 1]
-                }
-            };
-            for i in 0..=keys.len() {
-                let mut pair = Fnv::new();
-                pair.push(at(i));
-                pair.push(at(i + 1));
-                *counts.entry(pair.0).or_default() += 1;
+            for pair in Self::bigram_pairs(keys) {
+                *counts.entry(pair).or_default() += 1;
             }
         }
         Lexicon {
@@ -325,14 +347,12 @@ impl FeatureSpec {
                     &keys[i as usize]
                 }
             };
+            let pairs = Self::bigram_pairs(keys);
             (0..keys.len() as isize)
                 .map(|i| {
                     [(i - 1, i, "L"), (i, i + 1, "R")].map(|(a, b, side)| {
                         if let Some(seen) = &self.bigram_seen {
-                            let mut pair = Fnv::new();
-                            pair.push(at(a));
-                            pair.push(at(b));
-                            if !seen.hashes.contains(&pair.0) {
+                            if !seen.hashes.contains(&pairs[b as usize]) {
                                 return 0;
                             }
                         }

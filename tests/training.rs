@@ -239,6 +239,10 @@ fn command_line_overrides_every_usual_field() {
         "0.05",
         "--dropout",
         "0.25",
+        "--heldout-folds",
+        "6",
+        "--heldout-hide",
+        "0.4",
     ])
     .unwrap();
     let cws::commands::Command::Train(args) = cli.command else {
@@ -281,6 +285,7 @@ fn command_line_overrides_every_usual_field() {
         (0.3, 99, 0.2, Some(0.05))
     );
     assert_eq!(c.dropout, Some(0.25));
+    assert_eq!((c.heldout_folds, c.heldout_hide), (6, 0.4));
 }
 
 /// A model with lexicon and bigram features: the checkpoint carries the hashed
@@ -293,6 +298,9 @@ fn lexicon_and_bigram_features_train_save_and_segment() {
     cfg.lexicon = Some(lex);
     cfg.bigram_buckets = 64;
     cfg.unit_dropout = 0.1;
+    cfg.heldout_folds = 3;
+    cfg.heldout_hide = 0.5;
+    cfg.bigram_min_count = 1;
     cfg.learning_rate = 5e-3;
     let s = train_until(&cfg, false, Progress::Quiet, None).unwrap();
     assert!(s.best_dev_f1.unwrap() > 0.5, "{:?}", s.best_dev_f1);

@@ -54,6 +54,12 @@ pub struct Args {
     /// Override `unit_dropout`.
     #[arg(long)]
     pub unit_dropout: Option<f64>,
+    /// Override `heldout_folds` (0 = off).
+    #[arg(long)]
+    pub heldout_folds: Option<usize>,
+    /// Override `heldout_hide`.
+    #[arg(long)]
+    pub heldout_hide: Option<f64>,
     /// Override `dev_oov_rate`.
     #[arg(long)]
     pub dev_oov_rate: Option<f64>,
@@ -111,7 +117,9 @@ pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
         bigram_buckets,
         unit_dropout,
         lexicon_examples,
-        bigram_min_count
+        bigram_min_count,
+        heldout_folds,
+        heldout_hide
     );
     if args.dropout.is_some() {
         c.dropout = args.dropout;
