@@ -203,6 +203,15 @@ impl Lexicon {
     }
 }
 
+/// The hashed list `file` in a model folder whose config says it uses `what`.
+fn load_required(dir: &Path, file: &str, what: &str) -> Result<Lexicon> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        bail!("the model uses {what} but {} is missing", path.display());
+    }
+    Lexicon::load(&path)
+}
+
 /// Which features a model reads, and what they need (its lexicon).
 #[derive(Debug, Clone, Default)]
 pub struct FeatureSpec {
@@ -251,14 +260,7 @@ impl FeatureSpec {
         let lexicon = match config.extra.get(LEXICON_KEY).and_then(|v| v.as_u64()) {
             None | Some(0) => None,
             Some(n) if n as usize == LEXICON_FEATURES => {
-                let path = dir.join(LEXICON_FILE);
-                if !path.is_file() {
-                    bail!(
-                        "the model uses lexicon features but {} is missing",
-                        path.display()
-                    );
-                }
-                Some(Lexicon::load(&path)?)
+                Some(load_required(dir, LEXICON_FILE, "lexicon features")?)
             }
             Some(n) => {
                 bail!("{LEXICON_KEY} = {n}, but this cws has {LEXICON_FEATURES} lexicon features")
@@ -270,16 +272,7 @@ impl FeatureSpec {
             .and_then(|v| v.as_u64())
             .unwrap_or(0) as usize;
         let bigram_seen = match config.extra.get(BIGRAM_SEEN_KEY).and_then(|v| v.as_bool()) {
-            Some(true) => {
-                let path = dir.join(BIGRAM_SEEN_FILE);
-                if !path.is_file() {
-                    bail!(
-                        "the model uses a seen-bigram list but {} is missing",
-                        path.display()
-                    );
-                }
-                Some(Lexicon::load(&path)?)
-            }
+            Some(true) => Some(load_required(dir, BIGRAM_SEEN_FILE, "a seen-bigram list")?),
             _ => None,
         };
         Ok(FeatureSpec {
@@ -347,11 +340,12 @@ impl FeatureSpec {
                     &keys[i as usize]
                 }
             };
-            let pairs = Self::bigram_pairs(keys);
+            // Pair hashes only matter for the seen-bigram test.
+            let pairs = self.bigram_seen.as_ref().map(|_| Self::bigram_pairs(keys));
             (0..keys.len() as isize)
                 .map(|i| {
                     [(i - 1, i, "L"), (i, i + 1, "R")].map(|(a, b, side)| {
-                        if let Some(seen) = &self.bigram_seen {
+                        if let (Some(seen), Some(pairs)) = (&self.bigram_seen, &pairs) {
                             if !seen.hashes.contains(&pairs[b as usize]) {
                                 return 0;
                             }
