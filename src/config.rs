@@ -35,6 +35,21 @@ pub struct TrainConfig {
     /// draw per epoch), so the model learns to segment words the list lacks.
     #[serde(default = "default_lexicon_dropout")]
     pub lexicon_dropout: f64,
+    /// With `lexicon`: also read word-list statistics per unit (how many listed
+    /// words it begins, is inside, ends; how many hold its left and right
+    /// bigram), saved with the model as liststats.safetensors.
+    #[serde(default)]
+    pub lexicon_stats: bool,
+    /// Teacher models (folders trained on the same data, with the same
+    /// vocabulary and features): the loss mixes the gold labels with the
+    /// teachers' mean label probabilities on the same inputs (distillation);
+    /// empty = off.
+    #[serde(default)]
+    pub distill_from: Vec<PathBuf>,
+    /// Weight of the teachers' probabilities in the loss (the gold labels get
+    /// the rest).
+    #[serde(default = "default_distill_weight")]
+    pub distill_weight: f64,
     /// Each epoch, this fraction of the lexicon's words (a fresh draw) joins the
     /// training data as pseudo-sentences of listed words; 0 = off.
     #[serde(default)]
@@ -73,6 +88,10 @@ pub struct TrainConfig {
     /// from the list until this fraction of dev tokens is out of it (set it to
     /// the expected test OOV rate); unset hides them all (pessimistic).
     pub dev_oov_rate: Option<f64>,
+    /// Dev evaluation with a lexicon: hide only dev-only words that this
+    /// word list (another corpus's, e.g. the other bakeoff corpus) lacks too,
+    /// so the hidden words are rare ones like a test set's unseen words.
+    pub dev_oov_reference: Option<PathBuf>,
     /// Hashed character-bigram embeddings (left and right neighbour) with this
     /// many buckets; 0 = none. Fresh models only.
     #[serde(default)]
@@ -115,6 +134,10 @@ pub struct TrainConfig {
 fn default_dev_fraction() -> f64 {
     0.1
 }
+fn default_distill_weight() -> f64 {
+    0.5
+}
+
 fn default_lexicon_dropout() -> f64 {
     0.1
 }
@@ -215,6 +238,15 @@ impl TrainConfig {
         }
         if self.lexicon_examples > 0.0 && self.lexicon.is_none() {
             bail!("lexicon_examples needs a `lexicon` word list");
+        }
+        if !(0.0..=1.0).contains(&self.distill_weight) {
+            bail!(
+                "distill_weight must be in [0, 1] (found {})",
+                self.distill_weight
+            );
+        }
+        if self.lexicon_stats && self.lexicon.is_none() {
+            bail!("lexicon_stats needs a `lexicon` word list");
         }
         if !(0.0..1.0).contains(&self.unit_dropout) {
             bail!(

@@ -104,6 +104,11 @@ impl Vocab {
         Self::from_tokens(tokens).expect("special tokens are present")
     }
 
+    /// The tokens in id order.
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
+    }
+
     pub fn len(&self) -> usize {
         self.tokens.len()
     }

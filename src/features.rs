@@ -2,6 +2,9 @@
 //! that was trained with them:
 //! - **lexicon matches**: for each unit, which words of a word list start, end,
 //!   contain or are it (the "dictionary features" of lexicon-enhanced CWS);
+//! - **word-list statistics** (optional, read with the lexicon bits): how many
+//!   listed words the unit begins, lies inside and ends, and how many contain
+//!   its left and right pair, as powers-of-two bins;
 //! - **hashed bigrams**: the unit with its left and with its right neighbour,
 //!   each hashed into a shared table of `bigram_buckets` embeddings.
 //!
@@ -39,7 +42,7 @@ pub fn word_hash(word: &str) -> u64 {
 const EDGE: &str = "\u{2}";
 
 /// FNV-1a over the units' keys, each followed by a separator byte.
-fn hash_keys(keys: &[String]) -> u64 {
+pub(crate) fn hash_keys(keys: &[String]) -> u64 {
     let mut h = Fnv::new();
     for k in keys {
         h.push(k);
@@ -91,7 +94,7 @@ impl Lexicon {
     }
 
     /// The unit keys of a word.
-    fn keys(word: &str) -> Vec<String> {
+    pub(crate) fn keys(word: &str) -> Vec<String> {
         split_units(word).iter().map(|u| u.key()).collect()
     }
 
@@ -102,10 +105,6 @@ impl Lexicon {
         }
         self.max_units = self.max_units.max(keys.len());
         self.hashes.insert(hash_keys(&keys));
-    }
-
-    pub fn remove(&mut self, word: &str) {
-        self.hashes.remove(&hash_keys(&Self::keys(word)));
     }
 
     /// Removes entries given by their hashes (see [`word_hash`]).
@@ -203,6 +202,201 @@ impl Lexicon {
     }
 }
 
+/// Word-list statistics per unit (lexicon features with `lexicon_stats`): how
+/// many listed words of two or more units the unit begins, lies inside and
+/// ends, and how many contain its left and its right bigram. Unlike the match
+/// bits they say something about words the list lacks: a character that ends
+/// hundreds of listed words, or a pair that occurs inside many, marks an
+/// unseen name or compound as well. Each count is read as one of
+/// [`STAT_BINS`] powers-of-two bins, one feature bit per group and bin.
+#[derive(Debug, Clone, Default)]
+pub struct ListStats {
+    /// Unit key hash → listed words it begins, is inside, ends.
+    units: HashMap<u64, [u32; 3]>,
+    /// Bigram hash (as [`FeatureSpec::bigram_pairs`]) → listed words holding it.
+    pairs: HashMap<u64, u32>,
+}
+
+/// Count bins per statistic: 0, 1, 2–3, 4–7, …, ≥128.
+pub const STAT_BINS: usize = 9;
+/// Statistic feature bits per unit: begins, inside, ends, left pair, right pair.
+pub const LIST_STAT_FEATURES: usize = 5 * STAT_BINS;
+/// File of the statistics inside a model folder.
+pub const LIST_STATS_FILE: &str = "liststats.safetensors";
+
+fn count_bin(n: u32) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (1 + n.ilog2() as usize).min(STAT_BINS - 1)
+    }
+}
+
+fn pair_hash(a: &str, b: &str) -> u64 {
+    let mut h = Fnv::new();
+    h.push(a);
+    h.push(b);
+    h.0
+}
+
+impl ListStats {
+    /// Statistics of the distinct words of `words` (by unit keys).
+    pub fn from_words<I, S>(words: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut stats = ListStats::default();
+        let mut seen = HashSet::new();
+        for w in words {
+            let keys = Lexicon::keys(w.as_ref());
+            if seen.insert(hash_keys(&keys)) {
+                stats.count(&keys, 1);
+            }
+        }
+        stats
+    }
+
+    /// Takes a word (by unit keys) out of the counts, as if the list lacked it.
+    pub fn remove_keys(&mut self, keys: &[String]) {
+        self.count(keys, -1);
+    }
+
+    fn count(&mut self, keys: &[String], sign: i32) {
+        let n = keys.len();
+        if n < 2 {
+            return;
+        }
+        let step = |c: &mut u32| *c = c.saturating_add_signed(sign);
+        for (i, k) in keys.iter().enumerate() {
+            let group = if i == 0 {
+                0
+            } else if i + 1 == n {
+                2
+            } else {
+                1
+            };
+            step(
+                &mut self
+                    .units
+                    .entry(hash_keys(std::slice::from_ref(k)))
+                    .or_default()[group],
+            );
+        }
+        for p in keys.windows(2) {
+            step(self.pairs.entry(pair_hash(&p[0], &p[1])).or_default());
+        }
+    }
+
+    /// The statistic bits (0..LIST_STAT_FEATURES) of every unit of `keys`,
+    /// given their bigram hashes from [`FeatureSpec::bigram_pairs`].
+    pub fn bits(&self, keys: &[String], pairs: &[u64]) -> Vec<u64> {
+        let pair = |h: u64| count_bin(self.pairs.get(&h).copied().unwrap_or(0));
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let u = self
+                    .units
+                    .get(&hash_keys(std::slice::from_ref(k)))
+                    .copied()
+                    .unwrap_or_default();
+                let bins = [
+                    count_bin(u[0]),
+                    count_bin(u[1]),
+                    count_bin(u[2]),
+                    pair(pairs[i]),
+                    pair(pairs[i + 1]),
+                ];
+                bins.iter()
+                    .enumerate()
+                    .fold(0u64, |acc, (g, &b)| acc | 1 << (g * STAT_BINS + b))
+            })
+            .collect()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut units: Vec<(u64, [u32; 3])> = self.units.iter().map(|(&h, &c)| (h, c)).collect();
+        units.sort_unstable();
+        let mut pairs: Vec<(u64, u32)> = self.pairs.iter().map(|(&h, &c)| (h, c)).collect();
+        pairs.sort_unstable();
+        let cpu = &Device::Cpu;
+        let nu = units.len();
+        let np = pairs.len();
+        let tensors = HashMap::from([
+            (
+                "unit_hashes".to_string(),
+                Tensor::from_vec(
+                    units.iter().map(|u| u.0 as i64).collect::<Vec<_>>(),
+                    nu,
+                    cpu,
+                )?,
+            ),
+            (
+                "unit_counts".to_string(),
+                Tensor::from_vec(
+                    units.iter().flat_map(|u| u.1).collect::<Vec<_>>(),
+                    (nu, 3),
+                    cpu,
+                )?,
+            ),
+            (
+                "pair_hashes".to_string(),
+                Tensor::from_vec(
+                    pairs.iter().map(|p| p.0 as i64).collect::<Vec<_>>(),
+                    np,
+                    cpu,
+                )?,
+            ),
+            (
+                "pair_counts".to_string(),
+                Tensor::from_vec(pairs.iter().map(|p| p.1).collect::<Vec<_>>(), np, cpu)?,
+            ),
+        ]);
+        candle_core::safetensors::save(&tensors, path)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let t = candle_core::safetensors::load(path, &Device::Cpu)
+            .with_context(|| format!("cannot read the word-list statistics {}", path.display()))?;
+        let get = |name: &str| {
+            t.get(name)
+                .with_context(|| format!("{} lacks the tensor {name:?}", path.display()))
+        };
+        let bad = |name: &str| format!("{}: {name:?} has the wrong type or shape", path.display());
+        let unit_hashes = get("unit_hashes")?
+            .to_vec1::<i64>()
+            .with_context(|| bad("unit_hashes"))?;
+        let unit_counts = get("unit_counts")?
+            .to_vec2::<u32>()
+            .with_context(|| bad("unit_counts"))?;
+        let pair_hashes = get("pair_hashes")?
+            .to_vec1::<i64>()
+            .with_context(|| bad("pair_hashes"))?;
+        let pair_counts = get("pair_counts")?
+            .to_vec1::<u32>()
+            .with_context(|| bad("pair_counts"))?;
+        if unit_hashes.len() != unit_counts.len()
+            || pair_hashes.len() != pair_counts.len()
+            || unit_counts.iter().any(|c| c.len() != 3)
+        {
+            bail!("{}: hashes and counts differ in length", path.display());
+        }
+        Ok(ListStats {
+            units: unit_hashes
+                .into_iter()
+                .zip(unit_counts)
+                .map(|(h, c)| (h as u64, [c[0], c[1], c[2]]))
+                .collect(),
+            pairs: pair_hashes
+                .into_iter()
+                .map(|h| h as u64)
+                .zip(pair_counts)
+                .collect(),
+        })
+    }
+}
+
 /// The hashed list `file` in a model folder whose config says it uses `what`.
 fn load_required(dir: &Path, file: &str, what: &str) -> Result<Lexicon> {
     let path = dir.join(file);
@@ -221,6 +415,8 @@ pub struct FeatureSpec {
     /// Bigrams that get a bucket (hashed like two-unit words); the rest get
     /// bucket 0, the embedding of "no known bigram". None = every bigram.
     pub bigram_seen: Option<Lexicon>,
+    /// Word-list statistics read with the lexicon bits (`lexicon_stats`).
+    pub list_stats: Option<ListStats>,
 }
 
 /// Features of one sequence of units, sliceable into windows.
@@ -228,23 +424,25 @@ pub struct FeatureSpec {
 pub struct UnitFeatures {
     /// Lexicon bits per unit (empty without a lexicon).
     pub lexicon: Vec<u16>,
+    /// Word-list statistic bits per unit (empty without them).
+    pub stats: Vec<u64>,
     /// Left and right bigram bucket per unit (empty without bigrams).
     pub bigrams: Vec<[u32; 2]>,
 }
 
 impl UnitFeatures {
     pub fn slice(&self, r: std::ops::Range<usize>) -> Self {
+        fn part<T: Clone>(v: &[T], r: std::ops::Range<usize>) -> Vec<T> {
+            if v.is_empty() {
+                Vec::new()
+            } else {
+                v[r].to_vec()
+            }
+        }
         UnitFeatures {
-            lexicon: if self.lexicon.is_empty() {
-                Vec::new()
-            } else {
-                self.lexicon[r.clone()].to_vec()
-            },
-            bigrams: if self.bigrams.is_empty() {
-                Vec::new()
-            } else {
-                self.bigrams[r].to_vec()
-            },
+            lexicon: part(&self.lexicon, r.clone()),
+            stats: part(&self.stats, r.clone()),
+            bigrams: part(&self.bigrams, r),
         }
     }
 }
@@ -257,13 +455,30 @@ impl FeatureSpec {
     /// Reads the features a model config asks for; the lexicon comes from
     /// `lexicon.safetensors` in `dir`.
     pub fn for_model(config: &crate::model::BertConfig, dir: &Path) -> Result<Self> {
-        let lexicon = match config.extra.get(LEXICON_KEY).and_then(|v| v.as_u64()) {
-            None | Some(0) => None,
-            Some(n) if n as usize == LEXICON_FEATURES => {
-                Some(load_required(dir, LEXICON_FILE, "lexicon features")?)
+        let (lexicon, list_stats) = match config.extra.get(LEXICON_KEY).and_then(|v| v.as_u64()) {
+            None | Some(0) => (None, None),
+            Some(n) if n as usize == LEXICON_FEATURES => (
+                Some(load_required(dir, LEXICON_FILE, "lexicon features")?),
+                None,
+            ),
+            Some(n) if n as usize == LEXICON_FEATURES + LIST_STAT_FEATURES => {
+                let path = dir.join(LIST_STATS_FILE);
+                if !path.is_file() {
+                    bail!(
+                        "the model uses word-list statistics but {} is missing",
+                        path.display()
+                    );
+                }
+                (
+                    Some(load_required(dir, LEXICON_FILE, "lexicon features")?),
+                    Some(ListStats::load(&path)?),
+                )
             }
             Some(n) => {
-                bail!("{LEXICON_KEY} = {n}, but this cws has {LEXICON_FEATURES} lexicon features")
+                bail!(
+                    "{LEXICON_KEY} = {n}, but this cws reads {LEXICON_FEATURES} lexicon features, or {} with word-list statistics",
+                    LEXICON_FEATURES + LIST_STAT_FEATURES
+                )
             }
         };
         let bigram_buckets = config
@@ -279,7 +494,24 @@ impl FeatureSpec {
             lexicon,
             bigram_buckets,
             bigram_seen,
+            list_stats,
         })
+    }
+
+    /// Takes listed words (given by unit keys) out of the lexicon and out of
+    /// the statistics, as if the list lacked them; words it lacks already are
+    /// left alone.
+    pub fn hide_words<'a>(&mut self, words: impl IntoIterator<Item = &'a [String]>) {
+        let Some(lex) = &mut self.lexicon else {
+            return;
+        };
+        for keys in words {
+            if lex.hashes.remove(&hash_keys(keys)) {
+                if let Some(st) = &mut self.list_stats {
+                    st.remove_keys(keys);
+                }
+            }
+        }
     }
 
     /// The hashes of a sequence's n + 1 bigrams, given its n unit keys: pair i
@@ -294,12 +526,7 @@ impl FeatureSpec {
             }
         };
         (0..=keys.len())
-            .map(|i| {
-                let mut pair = Fnv::new();
-                pair.push(at(i));
-                pair.push(at(i + 1));
-                pair.0
-            })
+            .map(|i| pair_hash(at(i), at(i + 1)))
             .collect()
     }
 
@@ -327,6 +554,13 @@ impl FeatureSpec {
 
     /// Features of one sequence given its unit keys.
     pub fn compute(&self, keys: &[String], lexicon_dropout: Option<(u64, f64)>) -> UnitFeatures {
+        // Pair hashes only matter for the seen-bigram test and the statistics.
+        let pairs = (self.bigram_seen.is_some() || self.list_stats.is_some())
+            .then(|| Self::bigram_pairs(keys));
+        let stats = match (&self.list_stats, &pairs) {
+            (Some(st), Some(pairs)) if self.lexicon.is_some() => st.bits(keys, pairs),
+            _ => Vec::new(),
+        };
         let lexicon = self
             .lexicon
             .as_ref()
@@ -340,8 +574,6 @@ impl FeatureSpec {
                     &keys[i as usize]
                 }
             };
-            // Pair hashes only matter for the seen-bigram test.
-            let pairs = self.bigram_seen.as_ref().map(|_| Self::bigram_pairs(keys));
             (0..keys.len() as isize)
                 .map(|i| {
                     [(i - 1, i, "L"), (i, i + 1, "R")].map(|(a, b, side)| {
@@ -362,13 +594,18 @@ impl FeatureSpec {
         } else {
             Vec::new()
         };
-        UnitFeatures { lexicon, bigrams }
+        UnitFeatures {
+            lexicon,
+            stats,
+            bigrams,
+        }
     }
 }
 
 /// Padded feature tensors of a batch, laid out like its `input_ids` ([CLS] at 0).
 pub struct BatchFeatures {
-    /// f32 `[b, t, LEXICON_FEATURES]` of 0/1.
+    /// f32 `[b, t, LEXICON_FEATURES]` of 0/1, `+ LIST_STAT_FEATURES` columns
+    /// with word-list statistics.
     pub lexicon: Option<Tensor>,
     /// u32 `[b, t, 2]` bucket ids.
     pub bigrams: Option<Tensor>,
@@ -386,18 +623,25 @@ impl BatchFeatures {
     pub fn build(rows: &[&UnitFeatures], t: usize, device: &Device) -> Result<Self> {
         let b = rows.len();
         let lexicon = if rows.iter().any(|r| !r.lexicon.is_empty()) {
-            let mut v = vec![0f32; b * t * LEXICON_FEATURES];
+            let with_stats = rows.iter().any(|r| !r.stats.is_empty());
+            let width = LEXICON_FEATURES + if with_stats { LIST_STAT_FEATURES } else { 0 };
+            let mut v = vec![0f32; b * t * width];
+            let mut set = |base: usize, bits: u64| {
+                let mut rest = bits;
+                while rest != 0 {
+                    v[base + rest.trailing_zeros() as usize] = 1.0;
+                    rest &= rest - 1;
+                }
+            };
             for (r, f) in rows.iter().enumerate() {
-                for (k, bits) in f.lexicon.iter().enumerate() {
-                    let base = (r * t + 1 + k) * LEXICON_FEATURES;
-                    for (bit, slot) in v[base..base + LEXICON_FEATURES].iter_mut().enumerate() {
-                        if bits & (1 << bit) != 0 {
-                            *slot = 1.0;
-                        }
-                    }
+                for (k, &bits) in f.lexicon.iter().enumerate() {
+                    set((r * t + 1 + k) * width, u64::from(bits));
+                }
+                for (k, &bits) in f.stats.iter().enumerate() {
+                    set((r * t + 1 + k) * width + LEXICON_FEATURES, bits);
                 }
             }
-            Some(Tensor::from_vec(v, (b, t, LEXICON_FEATURES), device)?)
+            Some(Tensor::from_vec(v, (b, t, width), device)?)
         } else {
             None
         };
@@ -455,6 +699,73 @@ mod tests {
         let kept = count(7);
         assert_eq!(kept, count(7));
         assert!((1300..1700).contains(&kept), "{kept} of 2000 kept");
+    }
+
+    #[test]
+    fn list_stats_count_positions_and_pairs() {
+        let stats = ListStats::from_words(["北京大学", "北京", "大学", "大学", "学"]);
+        let k = keys("北京大学");
+        let pairs = FeatureSpec::bigram_pairs(&k);
+        let bits = stats.bits(&k, &pairs);
+        // Group g's bin b is bit g * STAT_BINS + b; bins: 0, 1, 2–3, …
+        let bit = |g: usize, n: u32| 1u64 << (g * STAT_BINS + count_bin(n));
+        // 北 begins 北京大学 and 北京; the one-unit 学 and the repeated 大学
+        // count nothing and once.
+        let expect =
+            |b, i, e, left, right| bit(0, b) | bit(1, i) | bit(2, e) | bit(3, left) | bit(4, right);
+        assert_eq!(bits[0], expect(2, 0, 0, 0, 2)); // 北: pair 北京 in two words
+        assert_eq!(bits[1], expect(0, 1, 1, 2, 1)); // 京: inside one, ends one
+        assert_eq!(bits[2], expect(1, 1, 0, 1, 2)); // 大
+        assert_eq!(bits[3], expect(0, 0, 2, 2, 0)); // 学: pair 学 + edge in none
+        assert_eq!(
+            (count_bin(0), count_bin(1), count_bin(3), count_bin(4)),
+            (0, 1, 2, 3)
+        );
+        assert_eq!(count_bin(u32::MAX), STAT_BINS - 1);
+    }
+
+    #[test]
+    fn hidden_words_leave_the_statistics() {
+        let words = ["北京大学", "北京", "大学", "中学"];
+        let mut spec = FeatureSpec {
+            lexicon: Some(Lexicon::from_words(words)),
+            list_stats: Some(ListStats::from_words(words)),
+            ..FeatureSpec::default()
+        };
+        let k = keys("北京大学中学生");
+        let pairs = FeatureSpec::bigram_pairs(&k);
+        // Hiding a word the list lacks changes nothing; hiding one twice
+        // counts once.
+        let (gone, absent) = (keys("大学"), keys("学生"));
+        spec.hide_words([gone.as_slice(), absent.as_slice(), gone.as_slice()]);
+        let expected = ListStats::from_words(["北京大学", "北京", "中学"]);
+        assert_eq!(spec.compute(&k, None).stats, expected.bits(&k, &pairs));
+        assert!(!spec.lexicon.as_ref().unwrap().contains("大学"));
+        // And they survive a round trip through a model folder's file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LIST_STATS_FILE);
+        spec.list_stats.as_ref().unwrap().save(&path).unwrap();
+        assert_eq!(
+            ListStats::load(&path).unwrap().bits(&k, &pairs),
+            expected.bits(&k, &pairs)
+        );
+        // Batches put the statistics after the lexicon bits.
+        let f = spec.compute(&k, None);
+        let batch = BatchFeatures::build(&[&f], k.len() + 2, &Device::Cpu).unwrap();
+        let m = batch.lexicon.unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(m[0][1].len(), LEXICON_FEATURES + LIST_STAT_FEATURES);
+        let row_bits = |row: &[f32]| -> u64 {
+            row.iter()
+                .enumerate()
+                .filter(|(_, &v)| v == 1.0)
+                .fold(0, |a, (i, _)| a | 1 << i)
+        };
+        assert_eq!(row_bits(&m[0][1][LEXICON_FEATURES..]), f.stats[0]);
+        assert_eq!(
+            row_bits(&m[0][1][..LEXICON_FEATURES]),
+            u64::from(f.lexicon[0])
+        );
+        assert!(m[0][0].iter().all(|&v| v == 0.0));
     }
 
     #[test]

@@ -646,6 +646,28 @@ pub fn init_weights(varmap: &VarMap, cfg: &BertConfig, seed: u64) -> Result<()> 
 /// `CrossEntropyLoss(ignore_index=-100)`. `logits` `[.., c]`, `labels` i64 of the
 /// leading shape. Computed in f32. Errors when every label is ignored.
 pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (logp, idx, keep, count) = masked_log_probs(logits, labels)?;
+    let picked = logp.gather(&idx, 1)?.squeeze(1)?;
+    Ok((picked.mul(&keep)?.sum_all()? * (-1.0 / count as f64))?)
+}
+
+/// Cross-entropy against soft targets (`targets` `[.., c]`, rows summing to
+/// 1, e.g. a teacher's probabilities), averaged over the positions whose
+/// `labels` are not -100, as [`masked_cross_entropy`] averages.
+pub fn masked_soft_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    labels: &Tensor,
+) -> Result<Tensor> {
+    let (logp, _, keep, count) = masked_log_probs(logits, labels)?;
+    let targets = targets.to_dtype(DType::F32)?.reshape(logp.shape())?;
+    let per_row = (logp * targets)?.sum(1)?;
+    Ok((per_row.mul(&keep)?.sum_all()? * (-1.0 / count as f64))?)
+}
+
+/// f32 log-probabilities `[n, c]` of `logits`, each row's label index `[n, 1]`
+/// (0 where ignored), its 0/1 weight `[n]`, and the number of rows kept.
+fn masked_log_probs(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor, Tensor, usize)> {
     let c = logits.dim(D::Minus1)?;
     let logits = logits.to_dtype(DType::F32)?.reshape(((), c))?;
     let n = logits.dim(0)?;
@@ -676,6 +698,5 @@ pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> 
     let idx = Tensor::from_vec(idx, (n, 1), dev)?;
     let keep = Tensor::from_vec(keep, n, dev)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = logp.gather(&idx, 1)?.squeeze(1)?;
-    Ok((picked.mul(&keep)?.sum_all()? * (-1.0 / count as f64))?)
+    Ok((logp, idx, keep, count))
 }

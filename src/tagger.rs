@@ -12,7 +12,7 @@
 use crate::bies::{argmax, viterbi, words_from_labels, Label, LabelSet, NUM_LABELS};
 use crate::dict::Dictionary;
 use crate::encode::{make_batch, split_sentences, Vocab, Window};
-use crate::features::{FeatureSpec, Lexicon, UnitFeatures};
+use crate::features::{FeatureSpec, UnitFeatures};
 use crate::hub::{resolve, HubSettings, ModelSource};
 use crate::model::{BertConfig, BertForTokenClassification};
 use crate::segment::{Chunk, WordSplitter};
@@ -98,18 +98,17 @@ impl Tagger {
 
     /// Writes the model folder `cws segment --model` and transformers read:
     /// config.json, model.safetensors (in `dtype`), vocab.txt,
-    /// tokenizer_config.json, and the hashed `lexicon` if the model reads one.
-    pub fn save(
-        &self,
-        dir: &std::path::Path,
-        dtype: DType,
-        lexicon: Option<&Lexicon>,
-    ) -> Result<()> {
+    /// tokenizer_config.json, and the hashed lists of `features` (lexicon,
+    /// word-list statistics, seen bigrams) the model reads.
+    pub fn save(&self, dir: &std::path::Path, dtype: DType, features: &FeatureSpec) -> Result<()> {
         weights::save_pretrained(&self.varmap, &self.config, dir, dtype)?;
-        if let Some(lex) = lexicon {
+        if let Some(lex) = &features.lexicon {
             lex.save(&dir.join(crate::features::LEXICON_FILE))?;
         }
-        if let Some(seen) = &self.features.bigram_seen {
+        if let Some(stats) = &features.list_stats {
+            stats.save(&dir.join(crate::features::LIST_STATS_FILE))?;
+        }
+        if let Some(seen) = &features.bigram_seen {
             seen.save(&dir.join(crate::features::BIGRAM_SEEN_FILE))?;
         }
         self.vocab.save(&dir.join("vocab.txt"))?;

@@ -15,7 +15,8 @@ use crate::encode::{make_batch, split_at_punctuation, training_batches, Vocab, W
 use crate::features::{FeatureSpec, Lexicon};
 use crate::hub::{resolve, HubSettings, ModelSource};
 use crate::model::{
-    masked_cross_entropy, BertConfig, BertForTokenClassification, DropoutRng, BIES,
+    masked_cross_entropy, masked_soft_cross_entropy, BertConfig, BertForTokenClassification,
+    DropoutRng, BIES,
 };
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::score::{score_lines, Counts};
@@ -202,7 +203,7 @@ fn fold_views(
     spec: &FeatureSpec,
     h: Heldout,
 ) -> (Vec<usize>, Vec<FoldView>) {
-    use crate::features::{mix, word_hash};
+    use crate::features::{hash_keys, mix};
     use std::collections::HashMap;
     let folds = h.folds.max(2);
     let fold_of: Vec<usize> = (0..sentences.len())
@@ -221,10 +222,14 @@ fn fold_views(
     }
     let (mut words, mut pairs, mut units): (Counts<u64>, Counts<u64>, Counts<String>) =
         (fresh(folds), fresh(folds), fresh(folds));
+    let mut word_keys: HashMap<u64, Vec<String>> = HashMap::new();
     for (s, &f) in sentences.iter().zip(&fold_of) {
         let keys: Vec<String> = units_of_words(s).units.iter().map(|u| u.key()).collect();
         for w in s {
-            add(&mut words, f, word_hash(w));
+            let wk = Lexicon::keys(w);
+            let hash = hash_keys(&wk);
+            add(&mut words, f, hash);
+            word_keys.entry(hash).or_insert(wk);
         }
         for p in FeatureSpec::bigram_pairs(&keys) {
             add(&mut pairs, f, p);
@@ -238,11 +243,12 @@ fn fold_views(
     let views = (0..folds)
         .map(|f| {
             let mut view = spec.clone();
-            if let Some(lex) = &mut view.lexicon {
-                lex.remove_hashes(words.1[f].iter().filter_map(|(&w, &n)| {
-                    (words.0[&w] == n && (mix(w ^ salt) as f64) < hide_limit).then_some(w)
-                }));
-            }
+            view.hide_words(
+                words.1[f]
+                    .iter()
+                    .filter(|&(w, &n)| words.0[w] == n && (mix(w ^ salt) as f64) < hide_limit)
+                    .map(|(w, _)| word_keys[w].as_slice()),
+            );
             if let Some(seen) = &mut view.bigram_seen {
                 seen.remove_hashes(pairs.1[f].iter().filter_map(|(&p, &n)| {
                     (((pairs.0[&p] - n) as usize) < h.bigram_min_count).then_some(p)
@@ -485,20 +491,31 @@ fn fresh_features(
     if pretrained && (cfg.lexicon.is_some() || cfg.bigram_buckets > 0) {
         bail!("lexicon and bigram features add new embeddings to the model; train a fresh model (model = \"config:PATH\") to use them");
     }
-    let lexicon = match &cfg.lexicon {
+    let (lexicon, list_stats) = match &cfg.lexicon {
         Some(path) => {
             let listed = crate::corpus::read_word_list(path)?;
-            let mut lex = Lexicon::from_words(listed.iter().map(|(w, _)| w));
-            for w in data.train.iter().flatten() {
-                lex.insert(w);
-            }
+            let words = || {
+                listed
+                    .iter()
+                    .map(|(w, _)| w)
+                    .chain(data.train.iter().flatten())
+            };
+            let stats = cfg
+                .lexicon_stats
+                .then(|| crate::features::ListStats::from_words(words()));
+            let width = crate::features::LEXICON_FEATURES
+                + if stats.is_some() {
+                    crate::features::LIST_STAT_FEATURES
+                } else {
+                    0
+                };
             config.extra.insert(
                 crate::features::LEXICON_KEY.into(),
-                serde_json::json!(crate::features::LEXICON_FEATURES),
+                serde_json::json!(width),
             );
-            Some(lex)
+            (Some(Lexicon::from_words(words())), stats)
         }
-        None => None,
+        None => (None, None),
     };
     let mut bigram_seen = None;
     if cfg.bigram_buckets > 0 {
@@ -526,23 +543,40 @@ fn fresh_features(
         lexicon,
         bigram_buckets: cfg.bigram_buckets,
         bigram_seen,
+        list_stats,
     })
 }
 
-/// The lexicon dev evaluation runs with. A list built from the whole training
-/// corpus holds every dev word, which the test set's unseen words will not be,
-/// so some dev words that the training split lacks are hidden from it: in a
-/// fixed pseudo-random order until `oov_rate` of the dev tokens are missing
-/// from the list (the expected test OOV rate), or all of them when unset.
-fn dev_lexicon(full: &Lexicon, data: &Data, oov_rate: Option<f64>) -> Lexicon {
+/// The features (lexicon and statistics) dev evaluation runs with. A list
+/// built from the whole training corpus holds every dev word, which the test
+/// set's unseen words will not be, so some dev words that the training split
+/// lacks are hidden from it: in a fixed pseudo-random order until `oov_rate` of
+/// the dev tokens are missing from the list (the expected test OOV rate), or
+/// all of them when unset. With a `reference` list, only dev-only words that
+/// it lacks too are candidates: words another large corpus never contains are
+/// rare ones (names, transliterations), like a test set's unseen words, where
+/// a random draw of dev-only words is mostly ordinary compounds.
+fn dev_features(
+    full: &FeatureSpec,
+    data: &Data,
+    oov_rate: Option<f64>,
+    reference: Option<&HashSet<String>>,
+) -> FeatureSpec {
+    let mut spec = full.clone();
+    let Some(full) = &full.lexicon else {
+        return spec;
+    };
     let dev_tokens = data.dev.iter().flat_map(|s| &s.words).count();
     let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for w in dev_only_words(data) {
         *counts.entry(w).or_default() += 1;
     }
-    let mut candidates: Vec<(&str, usize)> = counts.into_iter().collect();
+    let mut candidates: Vec<(&str, usize)> = counts
+        .into_iter()
+        .filter(|(w, _)| reference.is_none_or(|r| !r.contains(*w)))
+        .collect();
     candidates.sort_by_key(|&(w, _)| (crate::features::word_hash(w), w));
-    let mut lex = full.clone();
+    let mut hidden = Vec::new();
     let mut missing = data
         .dev
         .iter()
@@ -554,12 +588,13 @@ fn dev_lexicon(full: &Lexicon, data: &Data, oov_rate: Option<f64>) -> Lexicon {
         if target.is_some_and(|t| missing >= t) {
             break;
         }
-        if lex.contains(w) {
-            lex.remove(w);
+        if full.contains(w) {
+            hidden.push(Lexicon::keys(w));
             missing += n;
         }
     }
-    lex
+    spec.hide_words(hidden.iter().map(Vec::as_slice));
+    spec
 }
 
 /// Dev word tokens (repeats included) that the training split never contains.
@@ -572,6 +607,78 @@ fn dev_only_words(data: &Data) -> impl Iterator<Item = &str> {
         .filter(move |w| !train_words.contains(w))
 }
 
+/// A distillation teacher: a trained model that reads the same features as
+/// the student, so it can score the student's batches, and the id of each
+/// student token in its own vocabulary ([UNK] for those it lacks).
+struct Teacher {
+    tagger: Tagger,
+    ids: Vec<u32>,
+}
+
+fn load_teacher(dir: &Path, student: &Tagger) -> Result<Teacher> {
+    let source = dir
+        .to_str()
+        .with_context(|| format!("{}: not a UTF-8 path", dir.display()))?;
+    let teacher = Tagger::load(source, &student.device)
+        .with_context(|| format!("loading the teacher {}", dir.display()))?;
+    let ids = student
+        .vocab
+        .tokens()
+        .iter()
+        .map(|t| teacher.vocab.id(t))
+        .collect();
+    for key in [
+        crate::features::LEXICON_KEY,
+        crate::features::BIGRAM_KEY,
+        crate::features::BIGRAM_SEEN_KEY,
+    ] {
+        let (t, s) = (teacher.config.extra.get(key), student.config.extra.get(key));
+        if t != s {
+            bail!(
+                "the teacher {} reads other features than the model being trained ({key}: {} against {})",
+                dir.display(),
+                t.map_or("none".into(), |v| v.to_string()),
+                s.map_or("none".into(), |v| v.to_string())
+            );
+        }
+    }
+    Ok(Teacher {
+        tagger: teacher,
+        ids,
+    })
+}
+
+/// The teachers' mean label probabilities on a batch (no gradient).
+fn teacher_probs(
+    teachers: &[Teacher],
+    batch: &crate::encode::Batch,
+) -> Result<candle_core::Tensor> {
+    let student_ids: Vec<Vec<u32>> = batch.input_ids.to_dtype(DType::U32)?.to_vec2()?;
+    let mut sum: Option<candle_core::Tensor> = None;
+    for t in teachers {
+        let ids: Vec<u32> = student_ids
+            .iter()
+            .flatten()
+            .map(|&i| t.ids[i as usize])
+            .collect();
+        let ids =
+            candle_core::Tensor::from_vec(ids, batch.input_ids.shape(), batch.input_ids.device())?
+                .to_dtype(batch.input_ids.dtype())?;
+        let logits = t
+            .tagger
+            .model
+            .forward_with(&ids, &batch.attention_mask, &batch.features, None)?
+            .to_dtype(DType::F32)?;
+        let p = candle_nn::ops::softmax_last_dim(&logits)?;
+        sum = Some(match sum {
+            None => p,
+            Some(s) => (s + p)?,
+        });
+    }
+    let sum = sum.context("no teachers")?;
+    Ok((sum / teachers.len() as f64)?.detach())
+}
+
 /// Writes a checkpoint folder atomically: weights and config in Hugging Face
 /// layout, the vocabulary, the resolved training config, and for `last` the
 /// optimizer and trainer state needed by `--resume`.
@@ -579,11 +686,11 @@ fn save_checkpoint(
     dest: &Path,
     tagger: &Tagger,
     cfg: &TrainConfig,
-    lexicon: Option<&Lexicon>,
+    features: &FeatureSpec,
     resume: Option<(&AdamW, &TrainerState)>,
 ) -> Result<()> {
     write_atomic(dest, |tmp| {
-        tagger.save(tmp, DType::F32, lexicon)?;
+        tagger.save(tmp, DType::F32, features)?;
         std::fs::write(tmp.join("cws-train.toml"), cfg.to_toml())?;
         if let Some((opt, state)) = resume {
             opt.save_state(tmp.join("optimizer.safetensors"))?;
@@ -644,8 +751,12 @@ pub fn train_until(
         Some(p) => Some(crate::dict::Dictionary::load(p)?.words().clone()),
         None => None,
     };
-    let tagger = build_tagger(cfg, &data, resume_from)?;
-    let mut tagger = tagger;
+    let mut tagger = build_tagger(cfg, &data, resume_from)?;
+    let teachers = cfg
+        .distill_from
+        .iter()
+        .map(|dir| load_teacher(dir, &tagger))
+        .collect::<Result<Vec<_>>>()?;
     if !tagger.device.is_cpu() {
         // Dropout masks are drawn on the device there; seed its generator.
         tagger.device.set_seed(cfg.seed)?;
@@ -659,19 +770,25 @@ pub fn train_until(
         1.0
     };
     let mut scaled_good_steps = 0u32;
-    // Checkpoints keep the full lexicon; dev evaluation and training use the
-    // one without the dev-only words.
-    let full_lexicon = tagger.features.lexicon.clone();
-    if let Some(full) = &full_lexicon {
-        let dev = dev_lexicon(full, &data, cfg.dev_oov_rate);
-        // Kept for inspection: the list dev scores were measured with.
+    // Checkpoints keep the full lexicon (and statistics); dev evaluation and
+    // training use them without the dev-only words.
+    let full_features = tagger.features.clone();
+    let reference = match &cfg.dev_oov_reference {
+        Some(p) => Some(crate::dict::Dictionary::load(p)?.words().clone()),
+        None => None,
+    };
+    tagger.features = dev_features(&full_features, &data, cfg.dev_oov_rate, reference.as_ref());
+    // Kept for inspection: the lists dev scores were measured with.
+    if let Some(dev) = &tagger.features.lexicon {
         dev.save(&cfg.output_dir.join("dev-lexicon.safetensors"))?;
-        tagger.features.lexicon = Some(dev);
+    }
+    if let Some(dev) = &tagger.features.list_stats {
+        dev.save(&cfg.output_dir.join("dev-liststats.safetensors"))?;
     }
     let perturb = |epoch: usize| {
         let seed = cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
         Perturb {
-            lexicon: (full_lexicon.is_some() && cfg.lexicon_dropout > 0.0)
+            lexicon: (full_features.lexicon.is_some() && cfg.lexicon_dropout > 0.0)
                 .then_some((seed, cfg.lexicon_dropout)),
             units: (cfg.unit_dropout > 0.0).then_some((seed ^ 1, cfg.unit_dropout)),
             heldout: (cfg.heldout_folds > 0).then_some(Heldout {
@@ -815,15 +932,9 @@ pub fn train_until(
             })
         )?;
         if improved {
-            save_checkpoint(&best_dir, tagger, cfg, full_lexicon.as_ref(), None)?;
+            save_checkpoint(&best_dir, tagger, cfg, &full_features, None)?;
         }
-        save_checkpoint(
-            &last_dir,
-            tagger,
-            cfg,
-            full_lexicon.as_ref(),
-            Some((opt, state)),
-        )?;
+        save_checkpoint(&last_dir, tagger, cfg, &full_features, Some((opt, state)))?;
         Ok(c)
     };
 
@@ -864,7 +975,13 @@ pub fn train_until(
                 &batch.features,
                 Some(&mut dropout),
             )?;
-            let loss = masked_cross_entropy(&logits, labels)?;
+            let mut loss = masked_cross_entropy(&logits, labels)?;
+            if !teachers.is_empty() {
+                let soft = teacher_probs(&teachers, &batch)?;
+                let a = cfg.distill_weight;
+                loss = ((loss * (1.0 - a))?
+                    + (masked_soft_cross_entropy(&logits, &soft, labels)? * a)?)?;
+            }
             let grads = if loss_scale == 1.0 {
                 tagger.model.backward(&loss)?
             } else {
@@ -970,6 +1087,7 @@ pub fn train_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::ListStats;
 
     fn sentence(line: usize, words: &[&str]) -> Sentence {
         Sentence {
@@ -988,13 +1106,27 @@ mod tests {
             ],
             inner_boundaries: 0,
         };
-        let full = Lexicon::from_words(["我们", "学习", "研究", "经济", "市场"]);
-        // Unset: every dev word the training split lacks is hidden.
-        let all = dev_lexicon(&full, &data, None);
+        let listed = ["我们", "学习", "研究", "经济", "市场"];
+        let full = FeatureSpec {
+            lexicon: Some(Lexicon::from_words(listed)),
+            list_stats: Some(ListStats::from_words(listed)),
+            ..FeatureSpec::default()
+        };
+        let lexicon = |spec: FeatureSpec| spec.lexicon.unwrap();
+        // Unset: every dev word the training split lacks is hidden, from the
+        // statistics too.
+        let dev = dev_features(&full, &data, None, None);
+        let keys: Vec<String> = "研究市场我们".chars().map(String::from).collect();
+        let pairs = FeatureSpec::bigram_pairs(&keys);
+        assert_eq!(
+            dev.list_stats.as_ref().unwrap().bits(&keys, &pairs),
+            ListStats::from_words(["我们", "学习"]).bits(&keys, &pairs)
+        );
+        let all = lexicon(dev);
         assert!(all.contains("我们") && all.contains("学习"));
         assert!(!all.contains("研究") && !all.contains("经济") && !all.contains("市场"));
         // 7 dev tokens: a 0.25 target hides words until 2 tokens are out.
-        let some = dev_lexicon(&full, &data, Some(0.25));
+        let some = lexicon(dev_features(&full, &data, Some(0.25), None));
         let hidden: usize = ["研究", "经济", "市场"]
             .iter()
             .filter(|w| !some.contains(w))
@@ -1002,7 +1134,15 @@ mod tests {
             .sum();
         assert!((2..=3).contains(&hidden), "{hidden} tokens hidden");
         assert!(some.contains("我们"));
-        assert_eq!(dev_lexicon(&full, &data, Some(0.0)).len(), full.len());
+        assert_eq!(
+            lexicon(dev_features(&full, &data, Some(0.0), None)).len(),
+            listed.len()
+        );
+        // With a reference list only the dev-only words it lacks are hidden.
+        let reference: HashSet<String> = ["研究".to_string()].into();
+        let rare = lexicon(dev_features(&full, &data, None, Some(&reference)));
+        assert!(rare.contains("研究") && rare.contains("我们"));
+        assert!(!rare.contains("经济") && !rare.contains("市场"));
     }
 
     #[test]
@@ -1029,6 +1169,7 @@ mod tests {
             lexicon: Some(Lexicon::from_words(&all_words)),
             bigram_buckets: 16,
             bigram_seen: Some(FeatureSpec::seen_bigrams(keys.iter().map(Vec::as_slice), 1)),
+            list_stats: Some(ListStats::from_words(&all_words)),
         };
         for (hide, min_count) in [(1.0, 1), (0.0, 2)] {
             let h = Heldout {
@@ -1049,6 +1190,15 @@ mod tests {
                     let listed = view.spec.lexicon.as_ref().unwrap().contains(w);
                     assert_eq!(listed, elsewhere || hide == 0.0, "{w} in sentence {i}");
                 }
+                // The statistics count exactly the words the view lists.
+                let lex = view.spec.lexicon.as_ref().unwrap();
+                let still = ListStats::from_words(all_words.iter().filter(|w| lex.contains(w)));
+                let pairs = FeatureSpec::bigram_pairs(&keys[i]);
+                assert_eq!(
+                    view.spec.compute(&keys[i], None).stats,
+                    still.bits(&keys[i], &pairs),
+                    "sentence {i}"
+                );
                 for k in &keys[i] {
                     let elsewhere = others.iter().any(|&j| keys[j].contains(k));
                     assert_eq!(view.unseen_units.contains(k), !elsewhere, "{k}");

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use cws::model::{masked_cross_entropy, BertConfig, BertForTokenClassification, DropoutRng};
+use cws::model::{
+    masked_cross_entropy, masked_soft_cross_entropy, BertConfig, BertForTokenClassification,
+    DropoutRng,
+};
 use cws::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use cws::weights::{self, LoadOptions};
 
@@ -301,8 +304,8 @@ fn dropout_only_in_training_and_reproducible() {
     assert_ne!(first, second);
 }
 
-#[test]
-fn masked_cross_entropy_ignores_minus_100() {
+/// Logits `[2, 2, 2]` and labels with two positions ignored, for the losses.
+fn loss_fixture() -> (Device, Tensor, Tensor) {
     let dev = Device::Cpu;
     let logits = Tensor::new(
         &[[[2f32, 0.0], [0.0, 0.0]], [[5.0, -5.0], [1.0, 3.0]]],
@@ -310,6 +313,12 @@ fn masked_cross_entropy_ignores_minus_100() {
     )
     .unwrap();
     let labels = Tensor::new(&[[0i64, -100], [-100, 1]], &dev).unwrap();
+    (dev, logits, labels)
+}
+
+#[test]
+fn masked_cross_entropy_ignores_minus_100() {
+    let (dev, logits, labels) = loss_fixture();
     let loss = masked_cross_entropy(&logits, &labels)
         .unwrap()
         .to_scalar::<f32>()
@@ -319,6 +328,38 @@ fn masked_cross_entropy_ignores_minus_100() {
     assert!((loss - (l1 + l2) / 2.0).abs() < 1e-6, "{loss}");
     let all_ignored = Tensor::new(&[[-100i64, -100], [-100, -100]], &dev).unwrap();
     assert!(masked_cross_entropy(&logits, &all_ignored).is_err());
+}
+
+#[test]
+fn soft_cross_entropy_weighs_log_probabilities_by_the_targets() {
+    let (dev, logits, labels) = loss_fixture();
+    let loss = |targets: &Tensor| {
+        masked_soft_cross_entropy(&logits, targets, &labels)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    // One-hot targets at the gold labels: the hard cross-entropy.
+    let one_hot =
+        Tensor::new(&[[[1f32, 0.0], [0.5, 0.5]], [[0.5, 0.5], [0.0, 1.0]]], &dev).unwrap();
+    let hard = masked_cross_entropy(&logits, &labels)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((loss(&one_hot) - hard).abs() < 1e-6);
+    // Row 1 with targets (0.3, 0.7) over log-softmax (2, 0); row 4 one-hot.
+    let soft = Tensor::new(
+        &[[[0.3f32, 0.7], [0.5, 0.5]], [[0.5, 0.5], [0.0, 1.0]]],
+        &dev,
+    )
+    .unwrap();
+    let z = (1.0f32 + (-2f32).exp()).ln();
+    let row1 = 0.3 * z + 0.7 * (2.0 + z);
+    assert!(
+        (loss(&soft) - (row1 + z) / 2.0).abs() < 1e-6,
+        "{}",
+        loss(&soft)
+    );
 }
 
 fn fresh_fixture_shaped() -> (VarMap, BertForTokenClassification) {

@@ -243,6 +243,10 @@ fn command_line_overrides_every_usual_field() {
         "6",
         "--heldout-hide",
         "0.4",
+        "--lexicon-stats",
+        "true",
+        "--dev-oov-reference",
+        "other-words",
     ])
     .unwrap();
     let cws::commands::Command::Train(args) = cli.command else {
@@ -286,14 +290,27 @@ fn command_line_overrides_every_usual_field() {
     );
     assert_eq!(c.dropout, Some(0.25));
     assert_eq!((c.heldout_folds, c.heldout_hide), (6, 0.4));
+    assert!(c.lexicon_stats);
+    assert_eq!(
+        c.dev_oov_reference.as_deref().and_then(|w| w.to_str()),
+        Some("other-words")
+    );
 }
 
-/// A model with lexicon and bigram features: the checkpoint carries the hashed
-/// lexicon and the extra embeddings, reloads, and segments losslessly.
+/// A model with lexicon and bigram features (and word-list statistics, or
+/// not): the checkpoint carries the hashed lists and the extra embeddings,
+/// reloads, and segments losslessly.
 #[test]
 fn lexicon_and_bigram_features_train_save_and_segment() {
+    for stats in [false, true] {
+        lexicon_model_round_trip(stats);
+    }
+}
+
+fn lexicon_model_round_trip(stats: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path(), "lex", 40);
+    cfg.lexicon_stats = stats;
     let lex = write_file(tmp.path(), "words.txt", "研究生\n计算机\n".as_bytes());
     cfg.lexicon = Some(lex);
     cfg.bigram_buckets = 64;
@@ -308,7 +325,16 @@ fn lexicon_and_bigram_features_train_save_and_segment() {
     assert!(model.join("lexicon.safetensors").is_file());
     let hf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
-    assert_eq!(hf["cws_lexicon_features"], 10);
+    let width = if stats { 55 } else { 10 };
+    assert_eq!(hf["cws_lexicon_features"], width);
+    assert_eq!(model.join("liststats.safetensors").is_file(), stats);
+    let weights =
+        candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(
+        weights["bert.embeddings.lexicon_embeddings.weight"].dims()[0],
+        width
+    );
     assert_eq!(hf["cws_bigram_buckets"], 64);
     let names = safetensors_names(&model.join("model.safetensors"));
     for n in [
@@ -318,14 +344,83 @@ fn lexicon_and_bigram_features_train_save_and_segment() {
         assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
     }
     segments_losslessly(&model, "我们研究生的计算机，ABC国际1998年😀\n");
-
-    // Without its lexicon file the model refuses to load, naming the file.
-    std::fs::remove_file(model.join("lexicon.safetensors")).unwrap();
-    let out = run_cws(&["segment", "--model", model.to_str().unwrap()], b"x\n");
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `cws eval --hide-words` scores it with listed words taken out.
+    let gold = write_file(
+        tmp.path(),
+        "gold.txt",
+        "我们  研究生  的  计算机\n".as_bytes(),
+    );
+    let hide = write_file(tmp.path(), "hide.txt", "研究生\n".as_bytes());
+    let out = run_cws(
+        &[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--gold",
+            gold.to_str().unwrap(),
+            "--hide-words",
+            hide.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        b"",
+    );
     assert!(
-        !out.status.success() && err.contains("lexicon.safetensors"),
-        "{err}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["gold_words"], 4);
+
+    // Without its list files the model refuses to load, naming the file.
+    let files: &[&str] = if stats {
+        &["lexicon.safetensors", "liststats.safetensors"]
+    } else {
+        &["lexicon.safetensors"]
+    };
+    for file in files {
+        std::fs::remove_file(model.join(file)).unwrap();
+        let out = run_cws(&["segment", "--model", model.to_str().unwrap()], b"x\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(file), "{err}");
+    }
+}
+
+/// Distillation: a student trained against a teacher's probabilities differs
+/// from one trained on the gold labels alone, with the same seed; a teacher
+/// that reads other features is refused, naming it.
+#[test]
+fn distillation_mixes_a_teachers_probabilities_into_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = config(tmp.path(), "teacher", 12);
+    train_until(&teacher, false, Progress::Quiet, None).unwrap();
+    let teacher_dir = tmp.path().join("teacher/last");
+    // Six steps with seed 5, distilled with `weight` (None: no teacher).
+    let run = |name: &str, weight: Option<f64>| {
+        let mut c = config(tmp.path(), name, 6);
+        c.seed = 5;
+        if let Some(w) = weight {
+            c.distill_from = vec![teacher_dir.clone()];
+            c.distill_weight = w;
+        }
+        let s = train_until(&c, false, Progress::Quiet, None).unwrap();
+        assert_eq!(s.steps, 6);
+        weights(&tmp.path().join(name))
+    };
+    let plain = run("plain", None);
+    assert_ne!(plain, run("student", Some(0.7)));
+    // Weight 0 is the plain loss: the same weights.
+    assert_eq!(plain, run("zero", Some(0.0)));
+
+    let mut other = config(tmp.path(), "other", 2);
+    other.bigram_buckets = 16;
+    other.distill_from = vec![teacher_dir];
+    let err = train_until(&other, false, Progress::Quiet, None).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("teacher") && msg.contains("cws_bigram_buckets"),
+        "{msg}"
     );
 }
 

@@ -1,8 +1,9 @@
 //! `cws eval`: SIGHAN-compatible scores of a predicted segmentation.
 
 use crate::config::{open_device, parse_device};
-use crate::corpus::{read_lines, split_words, Line};
+use crate::corpus::{read_lines, read_word_list, split_words, Line};
 use crate::dict::Dictionary;
+use crate::features::Lexicon;
 use crate::score::{score_lines, Counts};
 use crate::segment::segment_to_lines;
 use crate::tagger::{Decode, ModelSplitter, Tagger};
@@ -13,7 +14,8 @@ use std::path::PathBuf;
 pub const EXAMPLES: &str = "Examples:
   cws eval --gold pku_test_gold.utf8 --pred pku_pred.utf8 --words pku_training_words.utf8
   cws eval --gold msr_test_gold.utf8 --pred msr_pred.utf8 --format json
-  cws eval --model runs/small-pku/best --gold pku_test_gold.utf8 --words pku_training_words.utf8";
+  cws eval --model runs/small-pku/best --gold pku_test_gold.utf8 --words pku_training_words.utf8
+  cws eval --model models/pku --gold dev.txt --hide-words dev-only-words.txt";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +31,11 @@ pub struct Args {
     /// With --model: also write the model's segmentation here.
     #[arg(long, requires = "model")]
     pub save_pred: Option<PathBuf>,
+    /// With --model: take these words (a word list, one per line) out of the
+    /// model's lexicon and word-list statistics first, to measure how it
+    /// segments words its list lacks (as a test set's unseen words are).
+    #[arg(long, requires = "model")]
+    pub hide_words: Option<PathBuf>,
     /// With --model: device (auto, cpu, cuda, cuda:N).
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -142,7 +149,17 @@ pub fn render(c: &Counts, with_oov: bool, format: ReportFormat) -> String {
 /// The gold file's text (words joined) segmented by a model, one line per line.
 fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line>> {
     let device = open_device(parse_device(&args.device)?)?;
-    let tagger = Tagger::load(model, &device)?;
+    let mut tagger = Tagger::load(model, &device)?;
+    if let Some(p) = &args.hide_words {
+        if tagger.features.lexicon.is_none() {
+            bail!("--hide-words: the model {model} reads no word list");
+        }
+        let keys: Vec<Vec<String>> = read_word_list(p)?
+            .iter()
+            .map(|(w, _)| Lexicon::keys(w))
+            .collect();
+        tagger.features.hide_words(keys.iter().map(Vec::as_slice));
+    }
     let splitter = ModelSplitter::new(&tagger, Decode::Viterbi, None);
     let texts: Vec<(usize, String)> = gold
         .iter()

@@ -42,7 +42,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let source = PathBuf::from(&args.model);
     write_atomic(&args.output, |tmp| {
-        tagger.save(tmp, dtype, tagger.features.lexicon.as_ref())?;
+        tagger.save(tmp, dtype, &tagger.features)?;
         // The recipe travels with the model when there is one.
         let recipe = source.join("cws-train.toml");
         if recipe.is_file() {

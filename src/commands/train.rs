@@ -57,9 +57,15 @@ pub struct Args {
     /// Override `heldout_folds` (0 = off).
     #[arg(long)]
     pub heldout_folds: Option<usize>,
+    /// Override `lexicon_stats` (word-list statistics with the lexicon).
+    #[arg(long)]
+    pub lexicon_stats: Option<bool>,
     /// Override `heldout_hide`.
     #[arg(long)]
     pub heldout_hide: Option<f64>,
+    /// Override `dev_oov_reference`.
+    #[arg(long)]
+    pub dev_oov_reference: Option<PathBuf>,
     /// Override `dev_oov_rate`.
     #[arg(long)]
     pub dev_oov_rate: Option<f64>,
@@ -119,10 +125,14 @@ pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
         lexicon_examples,
         bigram_min_count,
         heldout_folds,
-        heldout_hide
+        heldout_hide,
+        lexicon_stats
     );
     if args.dropout.is_some() {
         c.dropout = args.dropout;
+    }
+    if args.dev_oov_reference.is_some() {
+        c.dev_oov_reference = args.dev_oov_reference.clone();
     }
     if args.dev_oov_rate.is_some() {
         c.dev_oov_rate = args.dev_oov_rate;
