@@ -607,12 +607,15 @@ fn dev_only_words(data: &Data) -> impl Iterator<Item = &str> {
         .filter(move |w| !train_words.contains(w))
 }
 
-/// A distillation teacher: a trained model that reads the same features as
-/// the student, so it can score the student's batches, and the id of each
-/// student token in its own vocabulary ([UNK] for those it lacks).
+/// A distillation teacher: a trained model that reads the student's features
+/// (or their lexicon bits without the word-list statistics), so it can score
+/// the student's batches, and the id of each student token in its own
+/// vocabulary ([UNK] for those it lacks).
 struct Teacher {
     tagger: Tagger,
     ids: Vec<u32>,
+    /// Reads only the lexicon bits of a student with word-list statistics.
+    lexicon_bits_only: bool,
 }
 
 fn load_teacher(dir: &Path, student: &Tagger) -> Result<Teacher> {
@@ -627,13 +630,23 @@ fn load_teacher(dir: &Path, student: &Tagger) -> Result<Teacher> {
         .iter()
         .map(|t| teacher.vocab.id(t))
         .collect();
+    let width = |t: &Tagger| {
+        t.config
+            .extra
+            .get(crate::features::LEXICON_KEY)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize
+    };
+    let lexicon_bits_only = width(&teacher) == crate::features::LEXICON_FEATURES
+        && width(student)
+            == crate::features::LEXICON_FEATURES + crate::features::LIST_STAT_FEATURES;
     for key in [
         crate::features::LEXICON_KEY,
         crate::features::BIGRAM_KEY,
         crate::features::BIGRAM_SEEN_KEY,
     ] {
         let (t, s) = (teacher.config.extra.get(key), student.config.extra.get(key));
-        if t != s {
+        if t != s && !(key == crate::features::LEXICON_KEY && lexicon_bits_only) {
             bail!(
                 "the teacher {} reads other features than the model being trained ({key}: {} against {})",
                 dir.display(),
@@ -645,6 +658,7 @@ fn load_teacher(dir: &Path, student: &Tagger) -> Result<Teacher> {
     Ok(Teacher {
         tagger: teacher,
         ids,
+        lexicon_bits_only,
     })
 }
 
@@ -664,10 +678,23 @@ fn teacher_probs(
         let ids =
             candle_core::Tensor::from_vec(ids, batch.input_ids.shape(), batch.input_ids.device())?
                 .to_dtype(batch.input_ids.dtype())?;
+        let bits_only;
+        let features = if t.lexicon_bits_only {
+            bits_only = crate::features::BatchFeatures {
+                lexicon: match &batch.features.lexicon {
+                    Some(l) => Some(l.narrow(2, 0, crate::features::LEXICON_FEATURES)?),
+                    None => None,
+                },
+                bigrams: batch.features.bigrams.clone(),
+            };
+            &bits_only
+        } else {
+            &batch.features
+        };
         let logits = t
             .tagger
             .model
-            .forward_with(&ids, &batch.attention_mask, &batch.features, None)?
+            .forward_with(&ids, &batch.attention_mask, features, None)?
             .to_dtype(DType::F32)?;
         let p = candle_nn::ops::softmax_last_dim(&logits)?;
         sum = Some(match sum {

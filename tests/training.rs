@@ -422,6 +422,26 @@ fn distillation_mixes_a_teachers_probabilities_into_the_loss() {
         msg.contains("teacher") && msg.contains("cws_bigram_buckets"),
         "{msg}"
     );
+
+    // A teacher with lexicon bits teaches a student that also reads
+    // word-list statistics (it reads the bits alone); not the other way round.
+    let words = write_file(tmp.path(), "words.txt", "研究生\n计算机\n".as_bytes());
+    let with_lexicon = |name: &str, stats: bool, teacher: Option<&str>| {
+        let mut c = config(tmp.path(), name, 3);
+        c.lexicon = Some(words.clone());
+        c.lexicon_stats = stats;
+        c.distill_from = teacher
+            .map(|t| vec![tmp.path().join(t).join("last")])
+            .unwrap_or_default();
+        train_until(&c, false, Progress::Quiet, None)
+    };
+    with_lexicon("bits", false, None).unwrap();
+    with_lexicon("stats", true, Some("bits")).unwrap();
+    let err = with_lexicon("back", false, Some("stats")).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("cws_lexicon_features"),
+        "{err:#}"
+    );
 }
 
 fn safetensors_names(path: &Path) -> Vec<String> {
