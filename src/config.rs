@@ -40,10 +40,11 @@ pub struct TrainConfig {
     /// bigram), saved with the model as liststats.safetensors.
     #[serde(default)]
     pub lexicon_stats: bool,
-    /// Teacher models (folders trained on the same data, with the same
-    /// vocabulary and features): the loss mixes the gold labels with the
-    /// teachers' mean label probabilities on the same inputs (distillation);
-    /// empty = off.
+    /// Teacher models (folders trained on the same data, reading the same
+    /// features, or only the lexicon bits of a student with `lexicon_stats`;
+    /// vocabularies are matched by token): the loss mixes the gold labels with
+    /// the teachers' mean label probabilities on the same inputs
+    /// (distillation); empty = off.
     #[serde(default)]
     pub distill_from: Vec<PathBuf>,
     /// Weight of the teachers' probabilities in the loss (the gold labels get

@@ -130,6 +130,12 @@ pub fn read_word_list(path: &Path) -> Result<Vec<(String, Option<f64>)>> {
     Ok(words)
 }
 
+/// The distinct words of a word list (see [`read_word_list`]), e.g. for OOV
+/// figures.
+pub fn read_word_set(path: &Path) -> Result<std::collections::HashSet<String>> {
+    Ok(read_word_list(path)?.into_iter().map(|(w, _)| w).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -397,13 +397,13 @@ impl ListStats {
     }
 }
 
-/// The hashed list `file` in a model folder whose config says it uses `what`.
-fn load_required(dir: &Path, file: &str, what: &str) -> Result<Lexicon> {
+/// The path of `file` in a model folder whose config says it uses `what`.
+fn required(dir: &Path, file: &str, what: &str) -> Result<std::path::PathBuf> {
     let path = dir.join(file);
     if !path.is_file() {
         bail!("the model uses {what} but {} is missing", path.display());
     }
-    Lexicon::load(&path)
+    Ok(path)
 }
 
 /// Which features a model reads, and what they need (its lexicon).
@@ -455,31 +455,35 @@ impl FeatureSpec {
     /// Reads the features a model config asks for; the lexicon comes from
     /// `lexicon.safetensors` in `dir`.
     pub fn for_model(config: &crate::model::BertConfig, dir: &Path) -> Result<Self> {
-        let (lexicon, list_stats) = match config.extra.get(LEXICON_KEY).and_then(|v| v.as_u64()) {
-            None | Some(0) => (None, None),
-            Some(n) if n as usize == LEXICON_FEATURES => (
-                Some(load_required(dir, LEXICON_FILE, "lexicon features")?),
-                None,
+        let width = config
+            .extra
+            .get(LEXICON_KEY)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        let with_stats = match width {
+            0 => None,
+            LEXICON_FEATURES => Some(false),
+            n if n == LEXICON_FEATURES + LIST_STAT_FEATURES => Some(true),
+            n => bail!(
+                "{LEXICON_KEY} = {n}, but this cws reads {LEXICON_FEATURES} lexicon features, or {} with word-list statistics",
+                LEXICON_FEATURES + LIST_STAT_FEATURES
             ),
-            Some(n) if n as usize == LEXICON_FEATURES + LIST_STAT_FEATURES => {
-                let path = dir.join(LIST_STATS_FILE);
-                if !path.is_file() {
-                    bail!(
-                        "the model uses word-list statistics but {} is missing",
-                        path.display()
-                    );
-                }
-                (
-                    Some(load_required(dir, LEXICON_FILE, "lexicon features")?),
-                    Some(ListStats::load(&path)?),
-                )
-            }
-            Some(n) => {
-                bail!(
-                    "{LEXICON_KEY} = {n}, but this cws reads {LEXICON_FEATURES} lexicon features, or {} with word-list statistics",
-                    LEXICON_FEATURES + LIST_STAT_FEATURES
-                )
-            }
+        };
+        let list_stats = match with_stats {
+            Some(true) => Some(ListStats::load(&required(
+                dir,
+                LIST_STATS_FILE,
+                "word-list statistics",
+            )?)?),
+            _ => None,
+        };
+        let lexicon = match with_stats {
+            Some(_) => Some(Lexicon::load(&required(
+                dir,
+                LEXICON_FILE,
+                "lexicon features",
+            )?)?),
+            None => None,
         };
         let bigram_buckets = config
             .extra
@@ -487,7 +491,11 @@ impl FeatureSpec {
             .and_then(|v| v.as_u64())
             .unwrap_or(0) as usize;
         let bigram_seen = match config.extra.get(BIGRAM_SEEN_KEY).and_then(|v| v.as_bool()) {
-            Some(true) => Some(load_required(dir, BIGRAM_SEEN_FILE, "a seen-bigram list")?),
+            Some(true) => Some(Lexicon::load(&required(
+                dir,
+                BIGRAM_SEEN_FILE,
+                "a seen-bigram list",
+            )?)?),
             _ => None,
         };
         Ok(FeatureSpec {

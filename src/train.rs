@@ -10,7 +10,7 @@
 use crate::bies::labels_from_lengths;
 use crate::checkpoint::write_atomic;
 use crate::config::{open_device, parse_device, parse_precision, TrainConfig, VOCAB_FROM_TRAIN};
-use crate::corpus::{read_segmented, Line, Sentence};
+use crate::corpus::{read_segmented, read_word_set, Line, Sentence};
 use crate::encode::{make_batch, split_at_punctuation, training_batches, Vocab, Window};
 use crate::features::{FeatureSpec, Lexicon};
 use crate::hub::{resolve, HubSettings, ModelSource};
@@ -774,10 +774,7 @@ pub fn train_until(
             data.inner_boundaries
         );
     }
-    let words = match &cfg.words {
-        Some(p) => Some(crate::dict::Dictionary::load(p)?.words().clone()),
-        None => None,
-    };
+    let words = cfg.words.as_deref().map(read_word_set).transpose()?;
     let mut tagger = build_tagger(cfg, &data, resume_from)?;
     let teachers = cfg
         .distill_from
@@ -800,10 +797,11 @@ pub fn train_until(
     // Checkpoints keep the full lexicon (and statistics); dev evaluation and
     // training use them without the dev-only words.
     let full_features = tagger.features.clone();
-    let reference = match &cfg.dev_oov_reference {
-        Some(p) => Some(crate::dict::Dictionary::load(p)?.words().clone()),
-        None => None,
-    };
+    let reference = cfg
+        .dev_oov_reference
+        .as_deref()
+        .map(read_word_set)
+        .transpose()?;
     tagger.features = dev_features(&full_features, &data, cfg.dev_oov_rate, reference.as_ref());
     // Kept for inspection: the lists dev scores were measured with.
     if let Some(dev) = &tagger.features.lexicon {

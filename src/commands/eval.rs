@@ -1,14 +1,12 @@
 //! `cws eval`: SIGHAN-compatible scores of a predicted segmentation.
 
 use crate::config::{open_device, parse_device};
-use crate::corpus::{read_lines, read_word_list, split_words, Line};
-use crate::dict::Dictionary;
+use crate::corpus::{read_lines, read_word_list, read_word_set, split_words, Line};
 use crate::features::Lexicon;
 use crate::score::{score_lines, Counts};
 use crate::segment::segment_to_lines;
 use crate::tagger::{Decode, ModelSplitter, Tagger};
 use anyhow::{bail, Context, Result};
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 pub const EXAMPLES: &str = "Examples:
@@ -78,10 +76,7 @@ pub fn run(args: Args) -> Result<()> {
             nonblank(&pred)
         );
     }
-    let words: Option<HashSet<String>> = match &args.words {
-        Some(p) => Some(Dictionary::load(p)?.words().clone()),
-        None => None,
-    };
+    let words = args.words.as_deref().map(read_word_set).transpose()?;
     let counts = score_lines(&gold, &pred, words.as_ref());
     report_mismatches(&counts);
     print!("{}", render(&counts, words.is_some(), args.format));
