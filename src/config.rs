@@ -51,6 +51,20 @@ pub struct TrainConfig {
     /// the rest).
     #[serde(default = "default_distill_weight")]
     pub distill_weight: f64,
+    /// Cross-fitted self-distillation: first train this many copies of the
+    /// recipe (in `OUTPUT_DIR/crossfit/K`), copy K without the training
+    /// sentences whose index is K modulo this number; then the loss mixes the
+    /// gold labels with the label probabilities each sentence gets from the
+    /// copy that did not train on it. 0 = off.
+    #[serde(default)]
+    pub crossfit_folds: usize,
+    /// Weight of the cross-fitted copies' probabilities in the loss (the gold
+    /// labels get the rest).
+    #[serde(default = "default_distill_weight")]
+    pub crossfit_weight: f64,
+    /// `[k, n]`: train without the training sentences whose index is k modulo
+    /// n (after the dev split); how `crossfit_folds` trains its copies.
+    pub exclude_fold: Option<[usize; 2]>,
     /// Each epoch, this fraction of the lexicon's words (a fresh draw) joins the
     /// training data as pseudo-sentences of listed words; 0 = off.
     #[serde(default)]
@@ -245,6 +259,26 @@ impl TrainConfig {
                 "distill_weight must be in [0, 1] (found {})",
                 self.distill_weight
             );
+        }
+        if !(0.0..=1.0).contains(&self.crossfit_weight) {
+            bail!(
+                "crossfit_weight must be in [0, 1] (found {})",
+                self.crossfit_weight
+            );
+        }
+        if self.crossfit_folds == 1 {
+            bail!("crossfit_folds must be 0 (off) or at least 2");
+        }
+        if self.crossfit_folds > 0 && !self.distill_from.is_empty() {
+            bail!("crossfit_folds and distill_from are two kinds of teachers: set one of them");
+        }
+        if self.crossfit_folds > 0 && self.lexicon_examples > 0.0 {
+            bail!("crossfit_folds cannot label lexicon_examples pseudo-sentences: set one of them");
+        }
+        if let Some([k, n]) = self.exclude_fold {
+            if n < 2 || k >= n {
+                bail!("exclude_fold = [k, n] needs n >= 2 and k < n (found [{k}, {n}])");
+            }
         }
         if self.lexicon_stats && self.lexicon.is_none() {
             bail!("lexicon_stats needs a `lexicon` word list");

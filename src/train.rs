@@ -7,7 +7,7 @@
 //! (per step) all come from generators seeded by `seed`, so the same config gives
 //! the same run on CPU, and a resumed run continues exactly where it stopped.
 
-use crate::bies::labels_from_lengths;
+use crate::bies::{labels_from_lengths, NUM_LABELS};
 use crate::checkpoint::write_atomic;
 use crate::config::{open_device, parse_device, parse_precision, TrainConfig, VOCAB_FROM_TRAIN};
 use crate::corpus::{read_segmented, read_word_set, Line, Sentence};
@@ -22,8 +22,7 @@ use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::score::{score_lines, Counts};
 use crate::segment::{word_spans, Chunk};
 use crate::tagger::{Decode, ModelSplitter, Tagger};
-use crate::units::split_units;
-use crate::units::units_of_words;
+use crate::units::{split_units, units_of_words, Unit};
 use crate::weights::{self, LoadOptions};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
@@ -114,7 +113,9 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
     let mut inner = 0;
     let train: Vec<Vec<String>> = train
         .into_iter()
-        .map(|s| {
+        .enumerate()
+        .filter(|(i, _)| cfg.exclude_fold.is_none_or(|[k, n]| i % n != k))
+        .map(|(_, s)| {
             inner += units_of_words(&s.words).inner_boundaries;
             s.words
         })
@@ -706,6 +707,109 @@ fn teacher_probs(
     Ok((sum / teachers.len() as f64)?.detach())
 }
 
+/// Trains, or finishes, the copies `crossfit_folds` asks for (copy k in
+/// `OUTPUT_DIR/crossfit/k`, without the training sentences whose index is k
+/// modulo the fold count) and returns their best checkpoints; `None` when an
+/// interrupt stopped one (`--resume` carries on from there).
+fn crossfit_copies(cfg: &TrainConfig, progress: Progress) -> Result<Option<Vec<PathBuf>>> {
+    let n = cfg.crossfit_folds;
+    let mut dirs = Vec::with_capacity(n);
+    for k in 0..n {
+        let mut c = cfg.clone();
+        c.crossfit_folds = 0;
+        c.exclude_fold = Some([k, n]);
+        c.output_dir = cfg.output_dir.join("crossfit").join(k.to_string());
+        let last = c.output_dir.join("last");
+        let state = last
+            .join("trainer_state.json")
+            .is_file()
+            .then(|| read_state(&last))
+            .transpose()?;
+        if state.as_ref().is_none_or(|s| s.step < s.total_steps) {
+            eprintln!(
+                "cross-fitting: copy {} of {n}, without training sentences {k}, {}, {}, …",
+                k + 1,
+                k + n,
+                k + 2 * n
+            );
+            if train_until(&c, state.is_some(), progress, None)?.interrupted {
+                return Ok(None);
+            }
+        }
+        dirs.push(c.output_dir.join("best"));
+    }
+    Ok(Some(dirs))
+}
+
+/// Per training window, in the order [`windows`] makes them from `sentences`,
+/// the label probabilities that the copy which did not train on the window's
+/// sentence gives its units (sentence i belongs to copy i modulo the number of
+/// copies). Each copy reads its own vocabulary and features, as at test time.
+fn crossfit_targets(
+    copies: &[Tagger],
+    sentences: &[Vec<String>],
+    max_units: usize,
+) -> Result<Vec<Vec<[f32; NUM_LABELS]>>> {
+    let n = copies.len();
+    let keys: Vec<(Vec<Unit>, Vec<String>)> = sentences
+        .iter()
+        .map(|s| {
+            let units = units_of_words(s).units;
+            let keys = units.iter().map(|u| u.key()).collect();
+            (units, keys)
+        })
+        .collect();
+    let mut probs: Vec<Vec<[f32; NUM_LABELS]>> = vec![Vec::new(); sentences.len()];
+    for (k, copy) in copies.iter().enumerate() {
+        let mine: Vec<usize> = (k..sentences.len()).step_by(n).collect();
+        let seqs: Vec<crate::tagger::Sequence> = mine
+            .iter()
+            .map(|&i| crate::tagger::Sequence {
+                ids: copy.vocab.unit_ids(&keys[i].0),
+                features: copy.features.compute(&keys[i].1, None),
+            })
+            .collect();
+        for (&i, logp) in mine.iter().zip(copy.scores(&seqs)?) {
+            probs[i] = logp
+                .iter()
+                .map(|row| {
+                    let e = row.map(f32::exp);
+                    let z: f32 = e.iter().sum();
+                    e.map(|x| x / z)
+                })
+                .collect();
+        }
+    }
+    let mut out = Vec::new();
+    for ((_, k), p) in keys.iter().zip(&probs) {
+        for r in split_at_punctuation(k, max_units) {
+            out.push(p[r].to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// `[b, t, NUM_LABELS]` targets laid out like `batch` ([CLS] at 0), uniform
+/// where no unit is.
+fn soft_targets_batch(
+    rows: &[&[[f32; NUM_LABELS]]],
+    batch: &crate::encode::Batch,
+) -> Result<candle_core::Tensor> {
+    let (b, t) = batch.input_ids.dims2()?;
+    let mut v = vec![1.0 / NUM_LABELS as f32; b * t * NUM_LABELS];
+    for (r, row) in rows.iter().enumerate() {
+        for (k, p) in row.iter().enumerate() {
+            let at = (r * t + 1 + k) * NUM_LABELS;
+            v[at..at + NUM_LABELS].copy_from_slice(p);
+        }
+    }
+    Ok(candle_core::Tensor::from_vec(
+        v,
+        (b, t, NUM_LABELS),
+        batch.input_ids.device(),
+    )?)
+}
+
 /// Writes a checkpoint folder atomically: weights and config in Hugging Face
 /// layout, the vocabulary, the resolved training config, and for `last` the
 /// optimizer and trainer state needed by `--resume`.
@@ -775,6 +879,22 @@ pub fn train_until(
         );
     }
     let words = cfg.words.as_deref().map(read_word_set).transpose()?;
+    let crossfit_dirs = if cfg.crossfit_folds > 0 {
+        match crossfit_copies(cfg, progress)? {
+            Some(dirs) => dirs,
+            None => {
+                return Ok(Summary {
+                    steps: resumed.as_ref().map_or(0, |s| s.step),
+                    best_dev_f1: resumed.as_ref().and_then(|s| s.best_dev_f1),
+                    last_dev: None,
+                    interrupted: true,
+                    output_dir: cfg.output_dir.clone(),
+                })
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let mut tagger = build_tagger(cfg, &data, resume_from)?;
     let teachers = cfg
         .distill_from
@@ -856,6 +976,24 @@ pub fn train_until(
         &tagger.features,
         Perturb::default(),
     );
+    let crossfit = if crossfit_dirs.is_empty() {
+        None
+    } else {
+        let copies = crossfit_dirs
+            .iter()
+            .map(|d| Tagger::load(&d.to_string_lossy(), &tagger.device))
+            .collect::<Result<Vec<_>>>()?;
+        let targets = crossfit_targets(&copies, &data.train, cfg.max_length - 2)?;
+        if targets.len() != train_windows.len()
+            || targets
+                .iter()
+                .zip(&train_windows)
+                .any(|(t, w)| t.len() != w.ids.len())
+        {
+            bail!("internal error: cross-fitted targets do not line up with the training windows");
+        }
+        Some(targets)
+    };
     let mut lengths: Vec<usize> = train_windows.iter().map(|w| w.ids.len()).collect();
     let per_epoch = train_windows.len().div_ceil(cfg.batch_size) as u64;
     let total = cfg
@@ -1001,6 +1139,14 @@ pub fn train_until(
                 Some(&mut dropout),
             )?;
             let mut loss = masked_cross_entropy(&logits, labels)?;
+            if let Some(targets) = &crossfit {
+                let rows: Vec<&[[f32; NUM_LABELS]]> =
+                    idx.iter().map(|&i| targets[i].as_slice()).collect();
+                let soft = soft_targets_batch(&rows, &batch)?;
+                let a = cfg.crossfit_weight;
+                loss = ((loss * (1.0 - a))?
+                    + (masked_soft_cross_entropy(&logits, &soft, labels)? * a)?)?;
+            }
             if !teachers.is_empty() {
                 let soft = teacher_probs(&teachers, &batch)?;
                 let a = cfg.distill_weight;

@@ -247,6 +247,10 @@ fn command_line_overrides_every_usual_field() {
         "true",
         "--dev-oov-reference",
         "other-words",
+        "--crossfit-folds",
+        "4",
+        "--crossfit-weight",
+        "0.3",
     ])
     .unwrap();
     let cws::commands::Command::Train(args) = cli.command else {
@@ -295,6 +299,7 @@ fn command_line_overrides_every_usual_field() {
         c.dev_oov_reference.as_deref().and_then(|w| w.to_str()),
         Some("other-words")
     );
+    assert_eq!((c.crossfit_folds, c.crossfit_weight), (4, 0.3));
 }
 
 /// A model with lexicon and bigram features (and word-list statistics, or
@@ -442,6 +447,62 @@ fn distillation_mixes_a_teachers_probabilities_into_the_loss() {
         format!("{err:#}").contains("cws_lexicon_features"),
         "{err:#}"
     );
+}
+
+/// Cross-fitted self-distillation: copy k trains without the training
+/// sentences whose index is k modulo the fold count; the student's loss with
+/// weight 0 is the plain loss (the same weights as plain training), with a
+/// positive weight it is not; finished copies are not trained again.
+#[test]
+fn crossfit_trains_copies_without_one_fold_and_distils_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path(), "data", 1);
+    let all = cws::train::load_data(&c).unwrap().train;
+    c.exclude_fold = Some([1, 3]);
+    let some = cws::train::load_data(&c).unwrap().train;
+    let expected: Vec<_> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(some, expected);
+    assert!(some.len() < all.len());
+
+    let run = |name: &str, folds: usize, weight: f64| {
+        let mut c = config(tmp.path(), name, 6);
+        c.crossfit_folds = folds;
+        c.crossfit_weight = weight;
+        let s = train_until(&c, false, Progress::Quiet, None).unwrap();
+        assert_eq!(s.steps, 6);
+        weights(&tmp.path().join(name))
+    };
+    let plain = run("plain", 0, 0.5);
+    let distilled = run("crossfit", 2, 0.5);
+    assert_ne!(plain, distilled);
+    for k in 0..2 {
+        let copy = tmp.path().join(format!("crossfit/crossfit/{k}"));
+        let saved = TrainConfig::load(&copy.join("config.toml")).unwrap();
+        assert_eq!(
+            (saved.exclude_fold, saved.crossfit_folds),
+            (Some([k, 2]), 0)
+        );
+        assert!(copy.join("best/model.safetensors").is_file());
+    }
+    let copy_weights = tmp
+        .path()
+        .join("crossfit/crossfit/0/last/model.safetensors");
+    let before = std::fs::metadata(&copy_weights)
+        .unwrap()
+        .modified()
+        .unwrap();
+    // Weight 0: the plain loss, and the finished copies are reused.
+    assert_eq!(plain, run("crossfit", 2, 0.0));
+    let after = std::fs::metadata(&copy_weights)
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after);
 }
 
 fn safetensors_names(path: &Path) -> Vec<String> {

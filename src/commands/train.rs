@@ -63,6 +63,12 @@ pub struct Args {
     /// Override `heldout_hide`.
     #[arg(long)]
     pub heldout_hide: Option<f64>,
+    /// Override `crossfit_folds` (cross-fitted self-distillation; 0 = off).
+    #[arg(long)]
+    pub crossfit_folds: Option<usize>,
+    /// Override `crossfit_weight`.
+    #[arg(long)]
+    pub crossfit_weight: Option<f64>,
     /// Override `dev_oov_reference`.
     #[arg(long)]
     pub dev_oov_reference: Option<PathBuf>,
@@ -126,7 +132,9 @@ pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
         bigram_min_count,
         heldout_folds,
         heldout_hide,
-        lexicon_stats
+        lexicon_stats,
+        crossfit_folds,
+        crossfit_weight
     );
     if args.dropout.is_some() {
         c.dropout = args.dropout;
