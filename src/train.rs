@@ -1139,17 +1139,20 @@ pub fn train_until(
                 Some(&mut dropout),
             )?;
             let mut loss = masked_cross_entropy(&logits, labels)?;
-            if let Some(targets) = &crossfit {
-                let rows: Vec<&[[f32; NUM_LABELS]]> =
-                    idx.iter().map(|&i| targets[i].as_slice()).collect();
-                let soft = soft_targets_batch(&rows, &batch)?;
-                let a = cfg.crossfit_weight;
-                loss = ((loss * (1.0 - a))?
-                    + (masked_soft_cross_entropy(&logits, &soft, labels)? * a)?)?;
-            }
-            if !teachers.is_empty() {
-                let soft = teacher_probs(&teachers, &batch)?;
-                let a = cfg.distill_weight;
+            // Soft targets and their weight: the cross-fitted copies' or the
+            // teachers' (the config allows one kind at most).
+            let soft = match &crossfit {
+                Some(targets) => {
+                    let rows: Vec<&[[f32; NUM_LABELS]]> =
+                        idx.iter().map(|&i| targets[i].as_slice()).collect();
+                    Some((soft_targets_batch(&rows, &batch)?, cfg.crossfit_weight))
+                }
+                None if !teachers.is_empty() => {
+                    Some((teacher_probs(&teachers, &batch)?, cfg.distill_weight))
+                }
+                None => None,
+            };
+            if let Some((soft, a)) = soft {
                 loss = ((loss * (1.0 - a))?
                     + (masked_soft_cross_entropy(&logits, &soft, labels)? * a)?)?;
             }
