@@ -20,6 +20,30 @@ pub const TOKENIZER_FILES: [&str; 4] = [
     "special_tokens_map.json",
 ];
 
+/// The files a model or checkpoint folder is made of (what `cws train` and
+/// `cws export` write, plus the model card they keep): anything else in a
+/// folder is a user's, and is never replaced without `--force`.
+pub const MODEL_FOLDER_FILES: [&str; 15] = [
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    crate::features::LEXICON_FILE,
+    crate::features::BIGRAM_SEEN_FILE,
+    crate::features::LIST_STATS_FILE,
+    "cws-train.toml",
+    "optimizer.safetensors",
+    "trainer_state.json",
+    MODEL_CARD_FILE,
+    ".gitattributes",
+];
+
+/// A model folder's card: written by people, kept by `cws export`.
+pub const MODEL_CARD_FILE: &str = "README.md";
+
 /// Creates or replaces the folder `dest` with what `write` puts into the empty folder it is
 /// given, so that `dest` is always either the old or the new complete folder.
 ///

@@ -194,19 +194,61 @@ pub fn parse_precision(s: &str) -> Result<candle_core::DType> {
     })
 }
 
+/// The fields that hold paths: relative ones are taken relative to the
+/// config file's folder (or, given on the command line, the current folder).
+pub const PATH_FIELDS: [&str; 8] = [
+    "train",
+    "dev",
+    "words",
+    "lexicon",
+    "dev_oov_reference",
+    "output_dir",
+    "distill_from",
+    "vocab",
+];
+
 impl TrainConfig {
-    /// Parses a config file. Relative paths in it are taken relative to the
-    /// current directory, as on the command line.
+    /// Parses a config file: `${VAR}` in its paths is expanded and relative
+    /// paths are resolved against the file's own folder.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+        Self::load_with(path, &toml::Table::new())
     }
 
+    /// [`TrainConfig::load`] with `overrides` (keys of this struct, paths
+    /// already resolved) replacing the file's values before it is read, so
+    /// that unknown keys and bad values are caught the same way.
+    pub fn load_with(path: &Path, overrides: &toml::Table) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new("")))?;
+        let from_file = || -> Result<toml::Table> {
+            let mut table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            resolve_paths(&mut table, &base)?;
+            Ok(table)
+        };
+        let table = from_file().with_context(|| format!("in {}", path.display()))?;
+        Self::from_table(table, overrides).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses config text as it is (paths untouched).
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::from_table(table, &toml::Table::new())
+    }
+
+    /// The config a table gives with `overrides` replacing its keys, validated.
+    pub fn from_table(mut table: toml::Table, overrides: &toml::Table) -> Result<Self> {
+        for (key, value) in overrides {
+            table.insert(key.clone(), value.clone());
+        }
+        let cfg: TrainConfig = table.try_into().map_err(|e| anyhow::anyhow!("{e}"))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The config as a TOML table (its keys, in field order).
+    pub fn to_table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("a config serialises")
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -319,6 +361,102 @@ impl TrainConfig {
     }
 }
 
+/// Expands `${VAR}` (and `${VAR:-default}`) in the path fields of a config
+/// table and makes relative paths absolute against `base`. A variable's value
+/// that is a relative path is taken relative to the current folder, as the
+/// shell that set it would; `model` counts as a path in its `config:PATH`
+/// form, or when it names an existing folder under `base`.
+pub fn resolve_paths(table: &mut toml::Table, base: &Path) -> Result<()> {
+    let resolve = |key: &str, s: &str| -> Result<String> {
+        let expanded = expand_vars(s).with_context(|| format!("in `{key}`"))?;
+        Ok(normalize(&base.join(expanded)).display().to_string())
+    };
+    for key in PATH_FIELDS {
+        match table.get_mut(key) {
+            Some(toml::Value::String(s)) if !(key == "vocab" && s == VOCAB_FROM_TRAIN) => {
+                *s = resolve(key, s)?;
+            }
+            Some(toml::Value::Array(items)) => {
+                for item in items {
+                    if let toml::Value::String(s) = item {
+                        *s = resolve(key, s)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(toml::Value::String(model)) = table.get_mut("model") {
+        if let Some(path) = model.strip_prefix("config:") {
+            *model = format!("config:{}", resolve("model", path)?);
+        } else {
+            let expanded = expand_vars(model).context("in `model`")?;
+            let local = normalize(&base.join(&expanded));
+            *model = if local.is_dir() {
+                local.display().to_string()
+            } else {
+                expanded
+            };
+        }
+    }
+    Ok(())
+}
+
+/// `path` without `.` components and with each `..` taking out the name
+/// before it (as written, without following links).
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `s` with `${VAR}` and `${VAR:-default}` replaced; an unset variable
+/// without a default is an error naming it.
+pub fn expand_vars(s: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let body_end = rest[at..]
+            .find('}')
+            .with_context(|| format!("unclosed `${{` in {s:?}"))?;
+        let body = &rest[at + 2..at + body_end];
+        let (name, default) = match body.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (body, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("expected a variable name in `${{{body}}}` in {s:?}");
+        }
+        match (std::env::var(name).ok().filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => {
+                // A relative value means what it meant where the variable was set.
+                if out.is_empty() && Path::new(&v).is_relative() {
+                    out.push_str(&std::path::absolute(&v)?.display().to_string());
+                } else {
+                    out.push_str(&v);
+                }
+            }
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => bail!("{s:?} uses ${{{name}}}, which is not set"),
+        }
+        rest = &rest[at + body_end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Device names accepted by `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -375,6 +513,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `learning_rat`"), "{err}");
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_config_and_variables_expand() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("configs");
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("c.toml");
+        std::fs::write(
+            &file,
+            "model = \"config:tiny/config.json\"\ntrain = \"${CWS_TEST_UNSET_VAR:-../data}/t.txt\"\n\
+             learning_rate = 1e-3\noutput_dir = \"../runs/x\"\ndistill_from = [\"a\"]\nvocab = \"train\"\n",
+        )
+        .unwrap();
+        let c = TrainConfig::load(&file).unwrap();
+        let base = std::path::absolute(&sub).unwrap();
+        let top = base.parent().unwrap();
+        assert_eq!(c.train, top.join("data/t.txt"));
+        assert_eq!(c.output_dir, top.join("runs/x"));
+        assert_eq!(
+            c.model,
+            format!("config:{}", base.join("tiny/config.json").display())
+        );
+        assert_eq!(c.distill_from, vec![base.join("a")]);
+        assert_eq!(c.vocab.as_deref(), Some("train"));
+        std::fs::write(&file, "train = \"${CWS_TEST_UNSET_VAR}/t.txt\"\n").unwrap();
+        let err = format!("{:#}", TrainConfig::load(&file).unwrap_err());
+        assert!(
+            err.contains("CWS_TEST_UNSET_VAR") && err.contains("not set") && err.contains("c.toml"),
+            "{err}"
+        );
+        assert_eq!(
+            expand_vars("/a/${PATH_NOT_A_VAR_X:-b}/c").unwrap(),
+            "/a/b/c"
+        );
+        assert!(expand_vars("${oops").is_err());
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct Line {
 /// Invalid UTF-8 is an error naming `name`, the line and the byte column.
 pub fn lines_from_bytes(name: &str, bytes: &[u8]) -> Result<Vec<Line>> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if let Some(guess) = utf16_guess(bytes) {
+        bail!("{name}: {}", advice(name, guess));
+    }
     let mut lines = Vec::new();
     if bytes.is_empty() {
         return Ok(lines);
@@ -23,19 +26,76 @@ pub fn lines_from_bytes(name: &str, bytes: &[u8]) -> Result<Vec<Line>> {
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     for (index, raw) in body.split(|&b| b == b'\n').enumerate() {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = std::str::from_utf8(raw).map_err(|e| {
-            anyhow::anyhow!(
-                "{name}:{}: invalid UTF-8 at byte {} of the line",
-                index + 1,
-                e.valid_up_to() + 1
-            )
-        })?;
+        let text = std::str::from_utf8(raw)
+            .map_err(|e| invalid_utf8(name, index + 1, raw, e.valid_up_to()))?;
         lines.push(Line {
             number: index + 1,
             text: text.to_string(),
         });
     }
     Ok(lines)
+}
+
+/// The error for a line that is not UTF-8: where, and (when the bytes look
+/// like a common Chinese encoding) which one and how to convert it.
+pub fn invalid_utf8(name: &str, line: usize, raw: &[u8], valid_up_to: usize) -> anyhow::Error {
+    let guess =
+        if line == 1 { utf16_guess(raw) } else { None }.or_else(|| gbk_guess(&raw[valid_up_to..]));
+    anyhow::anyhow!(
+        "{name}:{line}: invalid UTF-8 at byte {} of the line{}",
+        valid_up_to + 1,
+        guess.map_or(String::new(), |g| format!("; {}", advice(name, g)))
+    )
+}
+
+/// A guess at a file's real encoding: what gave it away, and iconv's name.
+type Guess = (&'static str, &'static str);
+
+/// "It looks like X; convert with …".
+fn advice(name: &str, (why, encoding): Guess) -> String {
+    let file = if name.starts_with('<') { "FILE" } else { name };
+    format!("{why} (convert with `iconv -f {encoding} -t UTF-8 {file} > {file}.utf8`)")
+}
+
+/// A UTF-16 byte-order mark, or the NUL bytes that ASCII text has in
+/// UTF-16, at the start of a file.
+fn utf16_guess(start: &[u8]) -> Option<Guess> {
+    const UTF16: &str = "UTF-16";
+    match start {
+        [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..] => Some((
+            "the file starts with a UTF-16 byte-order mark: it is UTF-16, not UTF-8",
+            UTF16,
+        )),
+        _ => {
+            let head = &start[..start.len().min(64)];
+            let nuls = head.iter().filter(|&&b| b == 0).count();
+            (head.len() >= 4 && nuls * 4 >= head.len()).then_some((
+                "the file has NUL bytes between its characters: it looks like UTF-16, not UTF-8",
+                UTF16,
+            ))
+        }
+    }
+}
+
+/// Bytes from the first invalid one on that pair up as GBK / GB18030
+/// double-byte characters (lead 0x81–0xFE, trail 0x40–0xFE but 0x7F).
+fn gbk_guess(rest: &[u8]) -> Option<Guess> {
+    let mut i = 0;
+    let mut pairs = 0;
+    while i < rest.len() {
+        match rest[i] {
+            0x00..=0x7F => i += 1,
+            0x81..=0xFE => match rest.get(i + 1) {
+                Some(&t) if (0x40..=0xFE).contains(&t) && t != 0x7F => {
+                    pairs += 1;
+                    i += 2;
+                }
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+    (pairs > 0).then_some(("the bytes look like GBK / GB18030", "GB18030"))
 }
 
 /// Reads a whole text file into lines (see [`lines_from_bytes`]).
@@ -50,6 +110,24 @@ pub fn split_words(line: &str) -> Vec<&str> {
     line.split(char::is_whitespace)
         .filter(|w| !w.is_empty())
         .collect()
+}
+
+/// Of the lines of at least 4 characters (shorter ones can be one word), how
+/// many have no whitespace inside them, and how many there are: a segmented
+/// corpus read as raw text has all of them unsegmented.
+pub fn unsegmented_lines(lines: &[Line]) -> (usize, usize) {
+    let mut considered = 0;
+    let mut unsegmented = 0;
+    for line in lines {
+        let text = line.text.trim();
+        if text.chars().count() >= 4 {
+            considered += 1;
+            if !text.contains(char::is_whitespace) {
+                unsegmented += 1;
+            }
+        }
+    }
+    (unsegmented, considered)
 }
 
 /// A segmented sentence: its line number and its words (empty for a blank line,
@@ -155,6 +233,37 @@ mod tests {
             err.to_string(),
             "f.txt:2: invalid UTF-8 at byte 5 of the line"
         );
+    }
+
+    #[test]
+    fn encodings_other_than_utf8_are_named_with_the_fix() {
+        let gbk = b"\xce\xd2\xb0\xae\xb1\xb1\xbe\xa9\n"; // 我爱北京 in GBK
+        let err = lines_from_bytes("g.txt", gbk).unwrap_err().to_string();
+        assert!(err.starts_with("g.txt:1: invalid UTF-8 at byte 1"), "{err}");
+        assert!(
+            err.contains("GBK") && err.contains("iconv -f GB18030 -t UTF-8 g.txt"),
+            "{err}"
+        );
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain("我爱\n".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let err = lines_from_bytes("u.txt", &utf16).unwrap_err().to_string();
+        assert!(
+            err.contains("UTF-16") && err.contains("iconv -f UTF-16 -t UTF-8 u.txt"),
+            "{err}"
+        );
+        let no_bom: Vec<u8> = "ab cd\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let err = lines_from_bytes("n.txt", &no_bom).unwrap_err().to_string();
+        assert!(err.contains("UTF-16"), "{err}");
+        // Plain damage gets no guess.
+        let err = lines_from_bytes("x.txt", b"ok \xFF\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "x.txt:1: invalid UTF-8 at byte 4 of the line");
     }
 
     #[test]

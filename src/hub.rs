@@ -257,6 +257,25 @@ impl fmt::Display for ModelSource {
     }
 }
 
+/// [`ModelSource::parse`] then [`resolve`], for a `--model` value: when a
+/// value that names no folder here fails as a hub id too, the error says
+/// first that there is no such folder.
+pub fn resolve_arg(arg: &str, settings: &HubSettings) -> Result<(ModelSource, ModelFiles)> {
+    let source = ModelSource::parse(arg)?;
+    let files = resolve(&source, settings).map_err(|err| match &source {
+        ModelSource::Hub { .. } => {
+            let here = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| ".".into());
+            err.context(format!(
+                "no model folder {arg:?} in {here}, and no hub model {arg:?} could be loaded"
+            ))
+        }
+        _ => err,
+    })?;
+    Ok((source, files))
+}
+
 /// Finds the files of `source`, downloading missing hub files unless `settings.offline`.
 pub fn resolve(source: &ModelSource, settings: &HubSettings) -> Result<ModelFiles> {
     match source {
@@ -273,6 +292,19 @@ pub fn resolve_local(dir: &Path) -> Result<ModelFiles> {
     }
     let config = dir.join(CONFIG_FILE);
     if !config.is_file() {
+        let runs: Vec<String> = ["best", "last"]
+            .iter()
+            .filter(|c| dir.join(c).join(CONFIG_FILE).is_file())
+            .map(|c| dir.join(c).display().to_string())
+            .collect();
+        if !runs.is_empty() {
+            bail!(
+                "{} is a training run's folder, not a model: use {} ({})",
+                dir.display(),
+                runs.join(" or "),
+                "best: the best dev score; last: the latest step"
+            );
+        }
         bail!("expected {CONFIG_FILE} in model folder {}", dir.display());
     }
     let tokenizer = first_existing(dir, &TOKENIZER_FILES).with_context(|| {

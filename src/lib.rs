@@ -19,6 +19,7 @@ pub mod fused;
 pub mod hub;
 pub mod model;
 pub mod optim;
+pub mod output;
 pub mod score;
 pub mod segment;
 pub mod tagger;

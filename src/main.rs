@@ -16,6 +16,10 @@ fn main() -> std::process::ExitCode {
             }) {
                 return std::process::ExitCode::SUCCESS;
             }
+            if let Some(exit) = err.downcast_ref::<cws::commands::Exit>() {
+                eprintln!("{exit}");
+                return std::process::ExitCode::from(exit.code);
+            }
             eprintln!("error: {err:#}");
             std::process::ExitCode::from(1)
         }

@@ -194,16 +194,19 @@ pub fn write_line(
 pub struct StreamOptions<'a> {
     pub format: Format,
     pub delimiter: &'a str,
-    /// Lines are segmented and written in batches of about this many bytes.
+    /// Lines are segmented and written in batches of up to about this many
+    /// bytes; 0 writes each line as soon as it is read.
     pub batch_bytes: usize,
     /// Name of the input for error messages.
     pub input_name: &'a str,
 }
 
 /// Segments `input` line by line into `output`, a batch at a time, flushing
-/// after each batch so results stream while input is still arriving.
-pub fn segment_stream(
-    input: &mut impl BufRead,
+/// after each batch. A batch also ends when no more input is buffered, so
+/// lines are never held back while the reader waits: a pipe that writes a
+/// line and pauses sees that line's words before it writes again.
+pub fn segment_stream<R: std::io::Read>(
+    input: &mut std::io::BufReader<R>,
     output: &mut impl Write,
     splitter: &dyn WordSplitter,
     opts: &StreamOptions<'_>,
@@ -214,7 +217,7 @@ pub fn segment_stream(
     while !done {
         batch.clear();
         let mut bytes = 0;
-        while bytes < opts.batch_bytes {
+        loop {
             let mut raw = Vec::new();
             if input.read_until(b'\n', &mut raw)? == 0 {
                 done = true;
@@ -231,19 +234,22 @@ pub fn segment_stream(
                 }
             }
             if number == 1 && raw.starts_with(b"\xEF\xBB\xBF") {
-                // The BOM is kept in the output but is not text to segment.
-                output.write_all(b"\xEF\xBB\xBF")?;
+                // The BOM is kept in text output (lossless) but is not text to
+                // segment, and has no place in JSON.
+                if opts.format != Format::Jsonl {
+                    output.write_all(b"\xEF\xBB\xBF")?;
+                }
                 raw.drain(..3);
             }
             bytes += raw.len() + 1;
             let text = String::from_utf8(raw).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}:{number}: invalid UTF-8 at byte {} of the line",
-                    opts.input_name,
-                    e.utf8_error().valid_up_to() + 1
-                )
+                let at = e.utf8_error().valid_up_to();
+                crate::corpus::invalid_utf8(opts.input_name, number, e.as_bytes(), at)
             })?;
             batch.push((text, ending));
+            if bytes >= opts.batch_bytes || input.buffer().is_empty() {
+                break;
+            }
         }
         let first = number + 1 - batch.len();
         let lines: Vec<&str> = batch.iter().map(|(t, _)| t.as_str()).collect();
@@ -278,7 +284,8 @@ mod tests {
             batch_bytes: 8,
             input_name: "<stdin>",
         };
-        segment_stream(&mut input.as_bytes(), &mut out, &dict, &opts).unwrap();
+        let mut reader = std::io::BufReader::with_capacity(4, input.as_bytes());
+        segment_stream(&mut reader, &mut out, &dict, &opts).unwrap();
         String::from_utf8(out).unwrap()
     }
 

@@ -13,7 +13,7 @@ use crate::bies::{argmax, viterbi, words_from_labels, Label, LabelSet, NUM_LABEL
 use crate::dict::Dictionary;
 use crate::encode::{make_batch, split_sentences, Vocab, Window};
 use crate::features::{FeatureSpec, UnitFeatures};
-use crate::hub::{resolve, HubSettings, ModelSource};
+use crate::hub::{resolve_arg, HubSettings};
 use crate::model::{BertConfig, BertForTokenClassification};
 use crate::segment::{Chunk, WordSplitter};
 use crate::weights::{self, LoadOptions};
@@ -54,8 +54,7 @@ pub struct Sequence {
 impl Tagger {
     /// Loads a trained model from a model source (folder or hub id).
     pub fn load(source: &str, device: &Device) -> Result<Self> {
-        let src = ModelSource::parse(source)?;
-        let files = resolve(&src, &HubSettings::from_env())?;
+        let (_, files) = resolve_arg(source, &HubSettings::from_env())?;
         let weights_path = files
             .weights
             .as_ref()

@@ -1,7 +1,8 @@
 //! Training: segmented corpus → labelled windows → batches → AdamW steps, with
 //! dev evaluation by the same scorer as `cws eval`, a JSON-lines metrics log,
-//! best and last checkpoints written atomically, `--resume`, and Ctrl-C that
-//! saves and stops cleanly.
+//! best and last checkpoints written atomically, `--resume`, and a stop on
+//! request ([`request_stop`], which `cws train` calls on SIGINT / SIGTERM)
+//! that saves `last` first.
 //!
 //! Reproducibility: initial weights, batch order (per epoch) and dropout masks
 //! (per step) all come from generators seeded by `seed`, so the same config gives
@@ -37,6 +38,12 @@ use std::time::Instant;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Asks a running [`train`] to save `last` and stop after its current step.
+/// Async-signal-safe (one atomic store).
+pub fn request_stop() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
 /// Where training stands; saved in `last/trainer_state.json` for `--resume`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -63,7 +70,11 @@ pub struct Summary {
     pub steps: u64,
     pub best_dev_f1: Option<f64>,
     pub last_dev: Option<Counts>,
+    /// The run stopped before its end (an interrupt).
     pub interrupted: bool,
+    /// With `interrupted`: the checkpoint written at the stop (the run's
+    /// `last`, or a cross-fitted copy's).
+    pub saved_at_stop: Option<PathBuf>,
     pub output_dir: PathBuf,
 }
 
@@ -84,6 +95,17 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
         .collect();
     if all.is_empty() {
         bail!("{} has no sentences", cfg.train.display());
+    }
+    let long = all.iter().filter(|s| s.text().chars().count() >= 4);
+    let (considered, unsegmented) = long.fold((0, 0), |(n, u), s| {
+        (n + 1, u + (s.words.len() == 1) as usize)
+    });
+    if unsegmented * 2 > considered {
+        eprintln!(
+            "warning: {}: {unsegmented} of its {considered} lines of 4 or more characters have no word \
+             separator: training needs segmented text (words separated by spaces)",
+            cfg.train.display()
+        );
     }
     let (train, dev) = match &cfg.dev {
         Some(p) => (
@@ -709,9 +731,12 @@ fn teacher_probs(
 
 /// Trains, or finishes, the copies `crossfit_folds` asks for (copy k in
 /// `OUTPUT_DIR/crossfit/k`, without the training sentences whose index is k
-/// modulo the fold count) and returns their best checkpoints; `None` when an
-/// interrupt stopped one (`--resume` carries on from there).
-fn crossfit_copies(cfg: &TrainConfig, progress: Progress) -> Result<Option<Vec<PathBuf>>> {
+/// modulo the fold count) and returns their best checkpoints, or the summary
+/// of the copy an interrupt stopped (`--resume` carries on from there).
+fn crossfit_copies(
+    cfg: &TrainConfig,
+    progress: Progress,
+) -> Result<std::result::Result<Vec<PathBuf>, Summary>> {
     let n = cfg.crossfit_folds;
     let mut dirs = Vec::with_capacity(n);
     for k in 0..n {
@@ -732,13 +757,14 @@ fn crossfit_copies(cfg: &TrainConfig, progress: Progress) -> Result<Option<Vec<P
                 k + n,
                 k + 2 * n
             );
-            if train_until(&c, state.is_some(), progress, None)?.interrupted {
-                return Ok(None);
+            let s = train_until(&c, state.is_some(), progress, None)?;
+            if s.interrupted {
+                return Ok(Err(s));
             }
         }
         dirs.push(c.output_dir.join("best"));
     }
-    Ok(Some(dirs))
+    Ok(Ok(dirs))
 }
 
 /// Per training window, in the order [`windows`] makes them from `sentences`,
@@ -835,6 +861,30 @@ fn save_checkpoint(
     .with_context(|| format!("writing checkpoint {}", dest.display()))
 }
 
+/// Keeps the lines of a metrics log up to `step` (each line's `step` key),
+/// rewriting it atomically, so a resumed run never logs a step twice.
+fn truncate_log_after(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let keep: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if keep.len() != text.len() {
+        let mut file = crate::output::AtomicFile::create(path)?;
+        file.write_all(keep.as_bytes())?;
+        file.commit()?;
+    }
+    Ok(())
+}
+
 /// The trainer state saved with a `last` checkpoint.
 fn read_state(dir: &Path) -> Result<TrainerState> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)
@@ -854,21 +904,17 @@ pub fn train_until(
     progress: Progress,
     stop_after: Option<u64>,
 ) -> Result<Summary> {
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-    std::fs::create_dir_all(&cfg.output_dir)
-        .with_context(|| format!("cannot create {}", cfg.output_dir.display()))?;
     let last_dir = cfg.output_dir.join("last");
     let best_dir = cfg.output_dir.join("best");
-    let resume_from = if resume {
-        if !last_dir.join("trainer_state.json").is_file() {
-            bail!(
-                "--resume: no checkpoint to resume at {}",
-                last_dir.display()
-            );
-        }
-        Some(last_dir.as_path())
-    } else {
-        None
+    let resume_from = match (resume, last_dir.join("trainer_state.json").is_file()) {
+        (true, true) => Some(last_dir.as_path()),
+        // A cross-fitted run stopped inside a copy has no `last` of its own yet.
+        (true, false) if cfg.crossfit_folds > 0 => None,
+        (true, false) => bail!(
+            "--resume: no checkpoint to resume at {}",
+            last_dir.display()
+        ),
+        (false, _) => None,
     };
     let data = load_data(cfg)?;
     let resumed = resume_from.map(read_state).transpose()?;
@@ -879,16 +925,20 @@ pub fn train_until(
         );
     }
     let words = cfg.words.as_deref().map(read_word_set).transpose()?;
+    // The run's folder and settings (what `--resume` reads), before the first
+    // cross-fitted copy or step.
+    std::fs::create_dir_all(&cfg.output_dir)
+        .with_context(|| format!("cannot create {}", cfg.output_dir.display()))?;
+    let mut saved_cfg = crate::output::AtomicFile::create(&cfg.output_dir.join("config.toml"))?;
+    saved_cfg.write_all(cfg.to_toml().as_bytes())?;
+    saved_cfg.commit()?;
     let crossfit_dirs = if cfg.crossfit_folds > 0 {
         match crossfit_copies(cfg, progress)? {
-            Some(dirs) => dirs,
-            None => {
+            Ok(dirs) => dirs,
+            Err(copy) => {
                 return Ok(Summary {
-                    steps: resumed.as_ref().map_or(0, |s| s.step),
-                    best_dev_f1: resumed.as_ref().and_then(|s| s.best_dev_f1),
-                    last_dev: None,
-                    interrupted: true,
                     output_dir: cfg.output_dir.clone(),
+                    ..copy
                 })
             }
         }
@@ -1025,11 +1075,15 @@ pub fn train_until(
             );
         }
     }
-    std::fs::write(cfg.output_dir.join("config.toml"), cfg.to_toml())?;
+    let log_path = cfg.output_dir.join("metrics.jsonl");
+    if resume_from.is_some() {
+        // Lines written after the checkpoint are about to be written again.
+        truncate_log_after(&log_path, state.step)?;
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(cfg.output_dir.join("metrics.jsonl"))?;
+        .open(&log_path)?;
     eprintln!(
         "training on {} windows ({} sentences), {} dev sentences, {} steps of batch {} on {:?}",
         train_windows.len(),
@@ -1235,10 +1289,6 @@ pub fn train_until(
             }
             if stop {
                 interrupted = true;
-                eprintln!(
-                    "interrupted: saved {} (resume with --resume)",
-                    last_dir.display()
-                );
                 break 'epochs;
             }
             if state.step >= total {
@@ -1254,6 +1304,7 @@ pub fn train_until(
         best_dev_f1: state.best_dev_f1,
         last_dev,
         interrupted,
+        saved_at_stop: interrupted.then(|| last_dir.clone()),
         output_dir: cfg.output_dir.clone(),
     })
 }

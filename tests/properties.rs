@@ -116,7 +116,8 @@ proptest! {
         let dict = Dictionary::from_words(["北京", "a1"]);
         let mut out = Vec::new();
         let opts = StreamOptions { format: Format::Text, delimiter: "|", batch_bytes: 16, input_name: "t" };
-        segment_stream(&mut text.as_bytes(), &mut out, &dict, &opts).unwrap();
+        let mut reader = std::io::BufReader::with_capacity(7, text.as_bytes());
+        segment_stream(&mut reader, &mut out, &dict, &opts).unwrap();
         prop_assert_eq!(String::from_utf8(out).unwrap().replace('|', ""), text);
     }
 }

@@ -7,5 +7,6 @@ mod cli;
 mod hub;
 mod model;
 mod properties;
+mod safety;
 mod scoring;
 mod training;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// Sentences of words drawn from a small made-up lexicon, so segmentation
 /// is learnable and no corpus text is needed.
-fn corpus(n: usize) -> String {
+pub fn corpus(n: usize) -> String {
     let lexicon = [
         "我们",
         "学习",
@@ -257,13 +257,11 @@ fn command_line_overrides_every_usual_field() {
         panic!("a train command")
     };
     let c = cws::commands::train::resolve_config(&args).unwrap();
+    // Paths on the command line are relative to the current folder.
+    let here = |p: &str| std::env::current_dir().unwrap().join(p);
     assert_eq!(
-        (
-            c.model.as_str(),
-            c.train.to_str(),
-            c.dev.as_deref().and_then(|d| d.to_str())
-        ),
-        ("m", Some("t2"), Some("d"))
+        (c.model.as_str(), c.train, c.dev),
+        ("m", here("t2"), Some(here("d")))
     );
     assert_eq!(
         (
@@ -280,9 +278,9 @@ fn command_line_overrides_every_usual_field() {
         (c.learning_rate, c.device.as_str(), c.precision.as_str()),
         (0.5, "cpu", "bf16")
     );
-    assert_eq!(c.output_dir.to_str(), Some("o"));
-    assert_eq!(c.words.as_deref().and_then(|w| w.to_str()), Some("w"));
-    assert_eq!(c.lexicon.as_deref().and_then(|w| w.to_str()), Some("lex"));
+    assert_eq!(c.output_dir, here("o"));
+    assert_eq!(c.words, Some(here("w")));
+    assert_eq!(c.lexicon, Some(here("lex")));
     assert_eq!(
         (
             c.lexicon_dropout,
@@ -295,10 +293,7 @@ fn command_line_overrides_every_usual_field() {
     assert_eq!(c.dropout, Some(0.25));
     assert_eq!((c.heldout_folds, c.heldout_hide), (6, 0.4));
     assert!(c.lexicon_stats);
-    assert_eq!(
-        c.dev_oov_reference.as_deref().and_then(|w| w.to_str()),
-        Some("other-words")
-    );
+    assert_eq!(c.dev_oov_reference, Some(here("other-words")));
     assert_eq!((c.crossfit_folds, c.crossfit_weight), (4, 0.3));
 }
 

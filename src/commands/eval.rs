@@ -1,12 +1,16 @@
 //! `cws eval`: SIGHAN-compatible scores of a predicted segmentation.
 
 use crate::config::{open_device, parse_device};
-use crate::corpus::{read_lines, read_word_list, read_word_set, split_words, Line};
+use crate::corpus::{
+    read_lines, read_word_list, read_word_set, split_words, unsegmented_lines, Line,
+};
 use crate::features::Lexicon;
+use crate::output::{refuse_overwriting_input, AtomicFile};
 use crate::score::{score_lines, Counts};
 use crate::segment::segment_to_lines;
 use crate::tagger::{Decode, ModelSplitter, Tagger};
 use anyhow::{bail, Context, Result};
+use std::io::Write;
 use std::path::PathBuf;
 
 pub const EXAMPLES: &str = "Examples:
@@ -52,7 +56,11 @@ pub enum ReportFormat {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(p) = &args.save_pred {
+        refuse_overwriting_input(p, &[&args.gold])?;
+    }
     let gold = read_lines(&args.gold)?;
+    check_gold_is_segmented(&args.gold, &gold)?;
     let (pred, pred_name) = match (&args.pred, &args.model) {
         (Some(p), _) => (read_lines(p)?, p.display().to_string()),
         (None, Some(m)) => (
@@ -80,6 +88,27 @@ pub fn run(args: Args) -> Result<()> {
     let counts = score_lines(&gold, &pred, words.as_ref());
     report_mismatches(&counts);
     print!("{}", render(&counts, words.is_some(), args.format));
+    Ok(())
+}
+
+/// Refuses a gold file that is raw text (no line has a word separator), and
+/// warns when most of its lines have none.
+fn check_gold_is_segmented(path: &std::path::Path, gold: &[Line]) -> Result<()> {
+    let (unsegmented, considered) = unsegmented_lines(gold);
+    if considered > 0 && unsegmented == considered {
+        bail!(
+            "{}: none of its {considered} lines of 4 or more characters has a word separator: it looks \
+             like raw text, but a gold file holds words separated by spaces (SIGHAN format)",
+            path.display()
+        );
+    }
+    if unsegmented * 2 > considered {
+        eprintln!(
+            "warning: {}: {unsegmented} of its {considered} lines of 4 or more characters have no word \
+             separator: is it segmented text? Unsegmented lines score as one long word each",
+            path.display()
+        );
+    }
     Ok(())
 }
 
@@ -162,8 +191,11 @@ fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line
         .collect();
     let pred = segment_to_lines(&texts, &splitter, "  ")?;
     if let Some(p) = &args.save_pred {
-        let text: String = pred.iter().map(|l| format!("{}\n", l.text)).collect();
-        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+        let mut file = AtomicFile::create(p)?;
+        for l in &pred {
+            writeln!(file, "{}", l.text).with_context(|| format!("writing {}", p.display()))?;
+        }
+        file.commit()?;
     }
     Ok(pred)
 }

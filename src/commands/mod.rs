@@ -5,6 +5,7 @@ pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod segment;
+pub mod signals;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,22 @@ pub enum Command {
     #[command(after_help = bench::EXAMPLES)]
     Bench(bench::Args),
 }
+
+/// An error that ends the process with its own exit status (e.g. 130 after
+/// SIGINT) and message.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -2,10 +2,11 @@
 
 use crate::config::{open_device, parse_device};
 use crate::dict::Dictionary;
+use crate::output::{refuse_overwriting_input, AtomicFile};
 use crate::segment::{segment_stream, Format, StreamOptions, WordSplitter};
 use crate::tagger::{Decode, ModelSplitter, Tagger};
 use anyhow::{bail, Context, Result};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, IsTerminal, Read};
 use std::path::PathBuf;
 
 pub const EXAMPLES: &str = "Examples:
@@ -44,9 +45,15 @@ pub struct Args {
     /// Read from this file instead of stdin.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// Write to this file instead of stdout.
+    /// Write to this file instead of stdout (written under a temporary name
+    /// and renamed at the end; never the input file).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Write each line's result as soon as the line is read (on by default
+    /// when stdin is a terminal). Without it, lines are segmented in batches,
+    /// though never held back while the input pauses.
+    #[arg(long)]
+    pub line_buffered: bool,
     /// Separator inserted between words.
     #[arg(long, default_value = " ")]
     pub delimiter: String,
@@ -86,29 +93,42 @@ pub fn run(args: Args) -> Result<()> {
             Box::new(splitter)
         }
     };
+    if let (Some(out), Some(input)) = (&args.output, &args.input) {
+        refuse_overwriting_input(out, &[input])?;
+    }
     let stdin = std::io::stdin();
-    let (mut input, input_name): (Box<dyn std::io::BufRead>, String) = match &args.input {
+    let interactive = args.input.is_none() && stdin.is_terminal();
+    let (source, input_name): (Box<dyn Read>, String) = match &args.input {
         Some(p) => (
-            Box::new(BufReader::new(
+            Box::new(
                 std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?,
-            )),
+            ),
             p.display().to_string(),
         ),
         None => (Box::new(stdin.lock()), "<stdin>".to_string()),
     };
-    let mut output: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
-    };
+    let mut input = BufReader::with_capacity(256 * 1024, source);
     let opts = StreamOptions {
         format: args.format,
         delimiter: &args.delimiter,
-        batch_bytes: 64 * 1024,
+        batch_bytes: if args.line_buffered || interactive {
+            0
+        } else {
+            64 * 1024
+        },
         input_name: &input_name,
     };
-    segment_stream(&mut input, &mut output, splitter.as_ref(), &opts)
+    match &args.output {
+        Some(p) => {
+            let mut file = AtomicFile::create(p)?;
+            segment_stream(&mut input, &mut file, splitter.as_ref(), &opts)?;
+            file.commit()
+        }
+        None => {
+            let mut out = BufWriter::new(std::io::stdout().lock());
+            segment_stream(&mut input, &mut out, splitter.as_ref(), &opts)
+        }
+    }
 }
 
 /// The model `cws segment` uses without `--model`: the PKU model bundled in the

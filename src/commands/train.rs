@@ -1,24 +1,44 @@
 //! `cws train`: fine-tunes or trains from scratch a BIES tagger from a TOML
-//! config, with command-line overrides of the usual fields.
+//! config, with command-line overrides. The command owns what the user
+//! meets: which folder a run may write (never one holding other files, never
+//! a finished run without `--resume` or `--overwrite`), signals (SIGINT and
+//! SIGTERM save `last` and exit 130 / 143), and the closing message.
 
-use crate::config::TrainConfig;
-use crate::train::{train, Progress};
-use anyhow::Result;
-use std::path::PathBuf;
+use super::signals;
+use crate::config::{resolve_paths, TrainConfig};
+use crate::output::{folder_state, foreign_files_error, FolderState};
+use crate::train::{train, Progress, Summary};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
 
 pub const EXAMPLES: &str = "Examples:
   cws train --config configs/small-pku.toml
   cws train --config configs/bert-base-chinese-pku.toml --device cuda --output-dir runs/pku
-  cws train --config configs/small-pku.toml --resume";
+  cws train --config configs/small-pku.toml --set warmup=0.05 --set grad_clip=0
+  cws train --resume --output-dir runs/small-pku";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Training config (TOML; see configs/ for examples).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Continue the run in the output dir from its last checkpoint, same schedule.
-    #[arg(long)]
+    /// Training config (TOML; see configs/ for examples). Optional with
+    /// --resume and --output-dir: the run's saved config is used.
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Continue the run in the output dir from its last checkpoint, with the
+    /// settings it was started with (plus any overrides given here).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start again in an output dir that holds an earlier run, deleting that
+    /// run's checkpoints and log (nothing else).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Write into an output dir that holds files which are not a run's (they
+    /// are left alone).
+    #[arg(long)]
+    pub force: bool,
+    /// Set any config field: `--set key=value`, value in TOML syntax (a bare
+    /// word is a string); repeatable. Unknown keys are errors.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     #[arg(long, value_enum, default_value = "bar")]
     pub progress: Progress,
     /// Override `model`.
@@ -107,70 +127,247 @@ pub struct Args {
     pub precision: Option<String>,
 }
 
-/// The config file with the command line's overrides applied, validated.
-pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
-    let mut c = TrainConfig::load(&args.config)?;
-    macro_rules! set {
-        ($($field:ident),*) => { $( if let Some(v) = &args.$field { c.$field = v.clone().into(); } )* };
+/// The command line's overrides as config keys: the flags given, then each
+/// `--set`; paths resolved against the current folder.
+pub fn overrides(args: &Args) -> Result<toml::Table> {
+    let mut t = toml::Table::new();
+    macro_rules! put {
+        ($($field:ident),*) => { $( if let Some(v) = &args.$field {
+            t.insert(stringify!($field).into(), toml::Value::try_from(v.clone())?);
+        } )* };
     }
-    set!(
+    put!(
         model,
         train,
+        dev,
+        words,
+        lexicon,
+        dropout,
+        lexicon_dropout,
+        bigram_buckets,
+        lexicon_examples,
+        bigram_min_count,
+        unit_dropout,
+        heldout_folds,
+        lexicon_stats,
+        heldout_hide,
+        crossfit_folds,
+        crossfit_weight,
+        dev_oov_reference,
+        dev_oov_rate,
         output_dir,
         epochs,
+        max_steps,
         batch_size,
         learning_rate,
         max_length,
         eval_every,
         seed,
         device,
-        precision,
-        lexicon_dropout,
-        bigram_buckets,
-        unit_dropout,
-        lexicon_examples,
-        bigram_min_count,
-        heldout_folds,
-        heldout_hide,
-        lexicon_stats,
-        crossfit_folds,
-        crossfit_weight
+        precision
     );
-    if args.dropout.is_some() {
-        c.dropout = args.dropout;
+    for kv in &args.set {
+        let (key, value) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
+        let key = key.trim();
+        let value = value.trim();
+        // TOML syntax when it parses (numbers, booleans, arrays, quoted
+        // strings), otherwise the text itself as a string.
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        t.insert(key.to_string(), parsed);
     }
-    if args.dev_oov_reference.is_some() {
-        c.dev_oov_reference = args.dev_oov_reference.clone();
+    let cwd = std::env::current_dir()?;
+    resolve_paths(&mut t, &cwd)?;
+    Ok(t)
+}
+
+/// The config file with the command line's overrides applied, validated; with
+/// `--resume`, the run's saved config instead, and a note of each setting
+/// that differs from the config file or that an override changes.
+pub fn resolve_config(args: &Args) -> Result<TrainConfig> {
+    let over = overrides(args)?;
+    let from_file = args
+        .config
+        .as_deref()
+        .map(|p| TrainConfig::load_with(p, &over))
+        .transpose()?;
+    if !args.resume {
+        return from_file.context("--config is required (or --resume with --output-dir)");
     }
-    if args.dev_oov_rate.is_some() {
-        c.dev_oov_rate = args.dev_oov_rate;
+    let out = match (&from_file, over.get("output_dir")) {
+        (_, Some(toml::Value::String(dir))) => PathBuf::from(dir),
+        (Some(c), _) => c.output_dir.clone(),
+        _ => bail!("--resume needs the run's folder: --output-dir DIR (or --config)"),
+    };
+    let saved_path = out.join(RUN_CONFIG);
+    if !saved_path.is_file() {
+        bail!(
+            "--resume: {} holds no run to resume (no {RUN_CONFIG}); start it without --resume",
+            out.display()
+        );
     }
-    if args.lexicon.is_some() {
-        c.lexicon = args.lexicon.clone();
+    let saved = TrainConfig::load(&saved_path)?;
+    let cfg = TrainConfig::from_table(saved.to_table(), &over)
+        .with_context(|| format!("resuming with the settings in {}", saved_path.display()))?;
+    report_differences(&saved, from_file.as_ref(), &cfg, &over);
+    Ok(cfg)
+}
+
+/// Says on stderr which settings a resumed run takes from where.
+fn report_differences(
+    saved: &TrainConfig,
+    file: Option<&TrainConfig>,
+    cfg: &TrainConfig,
+    over: &toml::Table,
+) {
+    let (saved, used) = (saved.to_table(), cfg.to_table());
+    let show = |v: Option<&toml::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+    for (key, value) in &used {
+        if over.contains_key(key) && saved.get(key) != Some(value) {
+            eprintln!(
+                "resume: {key} = {} (overridden; the run had {})",
+                value,
+                show(saved.get(key))
+            );
+        }
     }
-    if args.dev.is_some() {
-        c.dev = args.dev.clone();
+    if let Some(file) = file.map(TrainConfig::to_table) {
+        for (key, value) in &used {
+            if !over.contains_key(key) && file.get(key) != Some(value) {
+                eprintln!(
+                    "resume: {key} = {} as the run was started (the config file says {})",
+                    value,
+                    show(file.get(key))
+                );
+            }
+        }
     }
-    if args.words.is_some() {
-        c.words = args.words.clone();
+}
+
+/// The run's resolved config, saved in its folder; `--resume` reads it.
+pub const RUN_CONFIG: &str = "config.toml";
+
+/// What a run writes into its output folder.
+const RUN_ENTRIES: [&str; 7] = [
+    RUN_CONFIG,
+    "metrics.jsonl",
+    "best",
+    "last",
+    "crossfit",
+    "dev-lexicon.safetensors",
+    "dev-liststats.safetensors",
+];
+
+/// Checks (before anything is written) that the run may use its output
+/// folder, and with `--overwrite` deletes the earlier run's own entries.
+pub fn prepare_output_dir(dir: &Path, args: &Args) -> Result<()> {
+    if dir.file_name().is_none() {
+        bail!(
+            "output_dir {}: name a folder for the run (e.g. runs/mine), not the current or a parent folder",
+            dir.display()
+        );
     }
-    if args.max_steps.is_some() {
-        c.max_steps = args.max_steps;
+    if let FolderState::Foreign(files) = folder_state(dir, |n, _| RUN_ENTRIES.contains(&n))? {
+        if !args.force {
+            return Err(foreign_files_error(dir, "a training run's", &files));
+        }
     }
-    c.validate()?;
-    Ok(c)
+    let has_run = RUN_ENTRIES.iter().any(|e| dir.join(e).exists());
+    match (has_run, args.resume, args.overwrite) {
+        (true, false, false) => bail!(
+            "{} holds a training run: pass --resume to continue it, --overwrite to start again \
+             (deleting its checkpoints and log), or choose another output_dir",
+            dir.display()
+        ),
+        (true, false, true) => {
+            for entry in RUN_ENTRIES {
+                let p = dir.join(entry);
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else if p.exists() {
+                    std::fs::remove_file(&p)
+                } else {
+                    Ok(())
+                }
+                .with_context(|| format!("--overwrite: removing {}", p.display()))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Opens every input file the config names, so that a typo is reported
+/// before any output is created.
+fn check_inputs(cfg: &TrainConfig) -> Result<()> {
+    let files = [
+        ("train", Some(&cfg.train)),
+        ("dev", cfg.dev.as_ref()),
+        ("words", cfg.words.as_ref()),
+        ("lexicon", cfg.lexicon.as_ref()),
+        ("dev_oov_reference", cfg.dev_oov_reference.as_ref()),
+    ];
+    for (key, path) in files.iter().filter_map(|(k, p)| p.map(|p| (k, p))) {
+        std::fs::File::open(path)
+            .with_context(|| format!("{key} = {}: cannot open it", path.display()))?;
+    }
+    for dir in &cfg.distill_from {
+        if !dir.join("config.json").is_file() {
+            bail!(
+                "distill_from: {} is not a model folder (no config.json)",
+                dir.display()
+            );
+        }
+    }
+    if let Some(config) = cfg.model.strip_prefix("config:") {
+        std::fs::File::open(config)
+            .with_context(|| format!("model = config:{config}: cannot open it"))?;
+    }
+    Ok(())
 }
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = resolve_config(&args)?;
+    check_inputs(&cfg)?;
+    prepare_output_dir(&cfg.output_dir, &args)?;
+    signals::install();
     let s = train(&cfg, args.resume, args.progress)?;
-    eprintln!(
-        "{} after {} steps; best dev F1 {}; checkpoints in {}/best and {}/last",
-        if s.interrupted { "stopped" } else { "done" },
-        s.steps,
-        s.best_dev_f1.map_or("n/a".into(), |f| format!("{f:.4}")),
-        s.output_dir.display(),
-        s.output_dir.display()
-    );
-    Ok(())
+    report(&s)
+}
+
+/// The closing message, true to what is on disk, and the exit status: an
+/// interrupted run is an error carrying the signal's exit code.
+fn report(s: &Summary) -> Result<()> {
+    let f1 = s.best_dev_f1.map_or("n/a".into(), |f| format!("{f:.4}"));
+    let run = s.output_dir.display();
+    match s.interrupted {
+        false => {
+            eprintln!(
+                "done after {} steps; best dev F1 {f1}; checkpoints in {run}/best and {run}/last",
+                s.steps
+            );
+            Ok(())
+        }
+        true => {
+            let saved = match &s.saved_at_stop {
+                Some(p) => format!("saved {}", p.display()),
+                None => "nothing new to save".into(),
+            };
+            let code = signals::received().unwrap_or(signals::SIGINT);
+            Err(crate::commands::Exit {
+                code: 128 + code as u8,
+                message: format!(
+                    "stopped by {} after {} steps; {saved}; continue with `cws train --resume --output-dir {run}`",
+                    signals::name(code),
+                    s.steps
+                ),
+            }
+            .into())
+        }
+    }
 }
