@@ -506,3 +506,38 @@ fn safetensors_names(path: &Path) -> Vec<String> {
         .into_keys()
         .collect()
 }
+
+/// The repository's configs load from any folder: their paths are relative to
+/// configs/ (or come from $CWS_DATA_DIR), and the data they name is there
+/// wherever the SIGHAN data is.
+#[test]
+fn repository_configs_load_and_find_their_data() {
+    let dir = crate::common::repo_root().join("configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let c = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert!(
+            c.output_dir
+                .starts_with(crate::common::repo_root().join("runs")),
+            "{}",
+            path.display()
+        );
+        if let Some(model) = c.model.strip_prefix("config:") {
+            assert!(Path::new(model).is_file(), "{}: {model}", path.display());
+        }
+        if crate::common::data_dir().is_some() && !c.model.starts_with("bert-base") {
+            assert!(
+                c.train.is_file(),
+                "{}: {}",
+                path.display(),
+                c.train.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4);
+}

@@ -1,0 +1,188 @@
+//! The model a run starts from: a fresh BERT from a config (its vocabulary
+//! built from the training data when asked, lexicon and bigram features
+//! recorded in its config), a pretrained one from the hub or a folder, or the
+//! run's own `last` checkpoint when resuming.
+
+use super::data::Data;
+use crate::config::{open_device, parse_device, TrainConfig, VOCAB_FROM_TRAIN};
+use crate::encode::Vocab;
+use crate::features::{FeatureSpec, Lexicon};
+use crate::hub::{resolve, HubSettings, ModelSource};
+use crate::model::{BertConfig, BertForTokenClassification, BIES};
+use crate::tagger::Tagger;
+use crate::units::units_of_words;
+use crate::weights::{self, LoadOptions};
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use candle_nn::VarMap;
+use std::path::Path;
+
+/// Builds the model, vocabulary and config a run starts from.
+pub(super) fn build_tagger(
+    cfg: &TrainConfig,
+    data: &Data,
+    resume_from: Option<&Path>,
+) -> Result<Tagger> {
+    let device = open_device(parse_device(&cfg.device)?)?;
+    let source = match resume_from {
+        Some(dir) => ModelSource::Local(dir.to_path_buf()),
+        None => ModelSource::parse(&cfg.model)?,
+    };
+    let files = resolve(&source, &HubSettings::from_env())?;
+    let mut config = BertConfig::from_file(&files.config)?;
+    let vocab = vocab_for(cfg, data, &files, resume_from, &mut config)?;
+    if vocab.len() > config.vocab_size {
+        bail!(
+            "the vocabulary has {} tokens but the model's vocab_size is {}",
+            vocab.len(),
+            config.vocab_size
+        );
+    }
+    config.set_labels(&BIES);
+    if let Some(p) = cfg.dropout {
+        config.hidden_dropout_prob = p;
+        config.attention_probs_dropout_prob = p;
+        config.classifier_dropout = Some(p);
+    }
+    if cfg.max_length > config.max_position_embeddings {
+        bail!(
+            "max_length {} exceeds the model's max_position_embeddings {}",
+            cfg.max_length,
+            config.max_position_embeddings
+        );
+    }
+    let features = match resume_from {
+        Some(dir) => FeatureSpec::for_model(&config, dir)?,
+        None => fresh_features(cfg, data, &mut config, files.weights.is_some())?,
+    };
+    let varmap = VarMap::new();
+    let model =
+        BertForTokenClassification::new_random(&varmap, &config, cfg.seed, DType::F32, &device)?;
+    if let Some(w) = &files.weights {
+        let report = weights::load(
+            &varmap,
+            w,
+            LoadOptions {
+                allow_missing_head: resume_from.is_none(),
+            },
+        )?;
+        if report.head_missing {
+            eprintln!(
+                "note: {} has no token-classification head; it starts freshly initialised",
+                cfg.model
+            );
+        }
+    }
+    Ok(Tagger {
+        model,
+        varmap,
+        config,
+        vocab,
+        device,
+        max_units: cfg.max_length - 2,
+        batch_size: cfg.batch_size.max(32),
+        features,
+    })
+}
+
+/// The run's vocabulary: the checkpoint's when resuming, one built from the
+/// training data (`vocab = "train"`, fresh models only, which then size the
+/// model's embeddings to it), a named file, or the model's own.
+fn vocab_for(
+    cfg: &TrainConfig,
+    data: &Data,
+    files: &crate::hub::ModelFiles,
+    resume_from: Option<&Path>,
+    config: &mut BertConfig,
+) -> Result<Vocab> {
+    Ok(match (cfg.vocab.as_deref(), resume_from) {
+        (_, Some(dir)) => Vocab::load(&dir.join("vocab.txt"))?,
+        (Some(VOCAB_FROM_TRAIN), None) => {
+            if files.weights.is_some() {
+                bail!("vocab = \"train\" builds a new vocabulary, which only a fresh model (config:PATH) can use");
+            }
+            let keys: Vec<String> = data
+                .train
+                .iter()
+                .flat_map(|w| units_of_words(w).units.into_iter().map(|u| u.key()))
+                .collect();
+            let v = Vocab::build(keys.iter().map(String::as_str), 1);
+            config.vocab_size = v.len();
+            config.pad_token_id = v.pad as usize;
+            v
+        }
+        (Some(path), None) => Vocab::load(Path::new(path))?,
+        (None, None) => Vocab::load(files.tokenizer.as_ref().with_context(|| {
+            format!(
+                "{} has no tokenizer.json or vocab.txt: set `vocab` in the config",
+                cfg.model
+            )
+        })?)?,
+    })
+}
+
+/// The unit features a fresh run asks for, recorded in the model config.
+fn fresh_features(
+    cfg: &TrainConfig,
+    data: &Data,
+    config: &mut BertConfig,
+    pretrained: bool,
+) -> Result<FeatureSpec> {
+    if pretrained && (cfg.lexicon.is_some() || cfg.bigram_buckets > 0) {
+        bail!("lexicon and bigram features add new embeddings to the model; train a fresh model (model = \"config:PATH\") to use them");
+    }
+    let (lexicon, list_stats) = match &cfg.lexicon {
+        Some(path) => {
+            let listed = crate::corpus::read_word_list(path)?;
+            let words = || {
+                listed
+                    .iter()
+                    .map(|(w, _)| w)
+                    .chain(data.train.iter().flatten())
+            };
+            let stats = cfg
+                .lexicon_stats
+                .then(|| crate::features::ListStats::from_words(words()));
+            let width = crate::features::LEXICON_FEATURES
+                + if stats.is_some() {
+                    crate::features::LIST_STAT_FEATURES
+                } else {
+                    0
+                };
+            config.extra.insert(
+                crate::features::LEXICON_KEY.into(),
+                serde_json::json!(width),
+            );
+            (Some(Lexicon::from_words(words())), stats)
+        }
+        None => (None, None),
+    };
+    let mut bigram_seen = None;
+    if cfg.bigram_buckets > 0 {
+        config.extra.insert(
+            crate::features::BIGRAM_KEY.into(),
+            serde_json::json!(cfg.bigram_buckets),
+        );
+        if cfg.bigram_min_count > 0 {
+            let keys: Vec<Vec<String>> = data
+                .train
+                .iter()
+                .map(|w| units_of_words(w).units.iter().map(|u| u.key()).collect())
+                .collect();
+            bigram_seen = Some(FeatureSpec::seen_bigrams(
+                keys.iter().map(Vec::as_slice),
+                cfg.bigram_min_count,
+            ));
+            config.extra.insert(
+                crate::features::BIGRAM_SEEN_KEY.into(),
+                serde_json::json!(true),
+            );
+        }
+    }
+    Ok(FeatureSpec {
+        lexicon,
+        bigram_buckets: cfg.bigram_buckets,
+        bigram_seen,
+        list_stats,
+    })
+}

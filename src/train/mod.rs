@@ -1,0 +1,419 @@
+//! Training: segmented corpus → labelled windows → batches → AdamW steps, with
+//! dev evaluation by the same scorer as `cws eval`, a JSON-lines metrics log,
+//! best and last checkpoints written atomically, `--resume`, and a stop on
+//! request ([`request_stop`], which `cws train` calls on SIGINT / SIGTERM)
+//! that saves `last` first.
+//!
+//! A run is a [`Trainer`] going through its phases: [`data`] (the corpus,
+//! each epoch's windows), [`build`] (the model it starts from), [`soft`]
+//! (teachers' or cross-fitted copies' probabilities), [`step`] (one update),
+//! [`eval`] (dev scores) and [`state`] (checkpoints, resume, the log).
+//!
+//! Reproducibility: initial weights, batch order (per epoch) and dropout masks
+//! (per step) all come from generators seeded by `seed`, so the same config gives
+//! the same run on CPU, and a resumed run continues exactly where it stopped.
+
+mod build;
+mod data;
+mod eval;
+mod soft;
+mod state;
+mod step;
+
+pub use data::{lexicon_sentences, load_data, windows, Data, Heldout, Perturb};
+pub use eval::evaluate;
+pub use state::TrainerState;
+
+use crate::config::{parse_precision, TrainConfig};
+use crate::corpus::read_word_set;
+use crate::encode::{make_batch, training_batches, Window};
+use crate::features::FeatureSpec;
+use crate::score::Counts;
+use crate::tagger::Tagger;
+use anyhow::Result;
+use rand::SeedableRng;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks a running [`train`] to save `last` and stop after its current step.
+/// Async-signal-safe (one atomic store).
+pub fn request_stop() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// How progress is shown on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Progress {
+    /// An indicatif bar (drawn only on a terminal).
+    Bar,
+    /// Nothing but the final summary; the metrics log is still written.
+    Quiet,
+}
+
+/// What a run ended with.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub steps: u64,
+    pub best_dev_f1: Option<f64>,
+    pub last_dev: Option<Counts>,
+    /// The run stopped before its end (an interrupt).
+    pub interrupted: bool,
+    /// With `interrupted`: the checkpoint written at the stop (the run's
+    /// `last`, or a cross-fitted copy's).
+    pub saved_at_stop: Option<PathBuf>,
+    pub output_dir: PathBuf,
+}
+
+/// Runs (or resumes) training as configured.
+pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress) -> Result<Summary> {
+    train_until(cfg, resume, progress, None)
+}
+
+/// [`train`], stopping as an interrupt would after `stop_after` steps (tests use
+/// it to check that a resumed run equals an uninterrupted one).
+pub fn train_until(
+    cfg: &TrainConfig,
+    resume: bool,
+    progress: Progress,
+    stop_after: Option<u64>,
+) -> Result<Summary> {
+    let resume_from = state::resume_point(cfg, resume)?;
+    let data = load_data(cfg)?;
+    if data.inner_boundaries > 0 {
+        eprintln!(
+            "note: {} gold word boundaries fall inside a number or Latin unit and cannot be learned",
+            data.inner_boundaries
+        );
+    }
+    state::save_run_config(cfg)?;
+    let copies = match crossfit_copies(cfg, progress)? {
+        Ok(dirs) => dirs,
+        Err(copy) => {
+            return Ok(Summary {
+                output_dir: cfg.output_dir.clone(),
+                ..copy
+            })
+        }
+    };
+    Trainer::new(cfg, data, resume_from.as_deref(), &copies, progress)?.run(stop_after)
+}
+
+/// Trains, or finishes, the copies `crossfit_folds` asks for (copy k in
+/// `OUTPUT_DIR/crossfit/k`, without the training sentences whose index is k
+/// modulo the fold count) and returns their best checkpoints, or the summary
+/// of the copy an interrupt stopped (`--resume` carries on from there).
+fn crossfit_copies(
+    cfg: &TrainConfig,
+    progress: Progress,
+) -> Result<std::result::Result<Vec<PathBuf>, Summary>> {
+    let n = cfg.crossfit_folds;
+    let mut dirs = Vec::with_capacity(n);
+    for k in 0..n {
+        let mut c = cfg.clone();
+        c.crossfit_folds = 0;
+        c.exclude_fold = Some([k, n]);
+        c.output_dir = cfg.output_dir.join("crossfit").join(k.to_string());
+        let last = c.output_dir.join("last");
+        let state = last
+            .join("trainer_state.json")
+            .is_file()
+            .then(|| state::read_state(&last))
+            .transpose()?;
+        if state.as_ref().is_none_or(|s| s.step < s.total_steps) {
+            eprintln!(
+                "cross-fitting: copy {} of {n}, without training sentences {k}, {}, {}, …",
+                k + 1,
+                k + n,
+                k + 2 * n
+            );
+            let s = train_until(&c, state.is_some(), progress, None)?;
+            if s.interrupted {
+                return Ok(Err(s));
+            }
+        }
+        dirs.push(c.output_dir.join("best"));
+    }
+    Ok(Ok(dirs))
+}
+
+/// A run in progress: the model, its data and optimizer, and where it stands.
+pub(crate) struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    data: Data,
+    tagger: Tagger,
+    /// The features checkpoints keep; `tagger.features` lacks the dev-only
+    /// words, for training and dev scores alike.
+    full_features: FeatureSpec,
+    epochs: data::EpochPlan,
+    train_windows: Vec<Window>,
+    lengths: Vec<usize>,
+    soft: soft::SoftTargets,
+    stepper: step::Stepper,
+    state: TrainerState,
+    eval_every: u64,
+    words: Option<HashSet<String>>,
+    biases: Vec<f32>,
+    log: state::MetricsLog,
+    bar: indicatif::ProgressBar,
+    units_done: usize,
+    loss_ema: Option<f64>,
+    last_dev: Option<Counts>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Everything a run needs before its first step, from its start or from
+    /// the `last` checkpoint in `resume_from`.
+    fn new(
+        cfg: &'a TrainConfig,
+        data: Data,
+        resume_from: Option<&Path>,
+        copies: &[PathBuf],
+        progress: Progress,
+    ) -> Result<Self> {
+        let resumed = resume_from.map(state::read_state).transpose()?;
+        let words = cfg.words.as_deref().map(read_word_set).transpose()?;
+        let mut tagger = build::build_tagger(cfg, &data, resume_from)?;
+        if !tagger.device.is_cpu() {
+            // Dropout masks are drawn on the device there; seed its generator.
+            tagger.device.set_seed(cfg.seed)?;
+        }
+        let precision = parse_precision(&cfg.precision)?;
+        tagger.model.set_compute_dtype(precision);
+        let full_features = tagger.features.clone();
+        tagger.features = Self::dev_view(cfg, &data, &full_features)?;
+        let epochs = data::EpochPlan::new(cfg, &data, &full_features)?;
+        let first_epoch = resumed.as_ref().map_or(0, |s| s.epoch);
+        let train_windows = epochs.windows(
+            cfg,
+            &data,
+            first_epoch,
+            &tagger.vocab,
+            &tagger.features,
+            Perturb::default(),
+        );
+        let soft = soft::SoftTargets::new(cfg, &tagger, copies, &data.train, &train_windows)?;
+        let per_epoch = train_windows.len().div_ceil(cfg.batch_size) as u64;
+        let total = cfg
+            .max_steps
+            .map_or(per_epoch * cfg.epochs as u64, |s| s as u64);
+        let mut stepper = step::Stepper::new(cfg, &tagger, total, precision)?;
+        let state = match (resume_from, resumed) {
+            (Some(dir), Some(resumed)) => {
+                state::resume(dir, resumed, total, stepper.optimizer_mut())?
+            }
+            _ => TrainerState {
+                total_steps: total,
+                ..TrainerState::default()
+            },
+        };
+        let log = state::MetricsLog::open(&cfg.output_dir, resume_from.map(|_| state.step))?;
+        eprintln!(
+            "training on {} windows ({} sentences), {} dev sentences, {} steps of batch {} on {:?}",
+            train_windows.len(),
+            data.train.len(),
+            data.dev.len(),
+            total,
+            cfg.batch_size,
+            tagger.device
+        );
+        Ok(Self {
+            bar: progress_bar(progress, total, state.step),
+            lengths: train_windows.iter().map(|w| w.ids.len()).collect(),
+            eval_every: if cfg.eval_every == 0 {
+                per_epoch
+            } else {
+                cfg.eval_every as u64
+            },
+            biases: eval::biases(cfg.tune_boundary_bias),
+            cfg,
+            data,
+            tagger,
+            full_features,
+            epochs,
+            train_windows,
+            soft,
+            stepper,
+            state,
+            words,
+            log,
+            units_done: 0,
+            loss_ema: None,
+            last_dev: None,
+        })
+    }
+
+    /// The run's phases: epochs of steps, dev evaluation and checkpoints at
+    /// their points, a stop when asked.
+    fn run(mut self, stop_after: Option<u64>) -> Result<Summary> {
+        let total = self.state.total_steps;
+        while self.state.step < total {
+            let batches = self.start_epoch();
+            for idx in batches.iter().skip(self.state.batch_in_epoch) {
+                self.train_step(idx)?;
+                let step = self.state.step;
+                let stop = INTERRUPTED.load(Ordering::SeqCst) || stop_after == Some(step);
+                if step.is_multiple_of(self.eval_every) || step == total || stop {
+                    self.evaluate_and_report()?;
+                }
+                if stop || step >= total {
+                    return Ok(self.finish(stop));
+                }
+            }
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+        }
+        Ok(self.finish(false))
+    }
+
+    /// The dev lexicon (some dev-only words hidden), saved for inspection as
+    /// the lists dev scores were measured with.
+    fn dev_view(cfg: &TrainConfig, data: &Data, full: &FeatureSpec) -> Result<FeatureSpec> {
+        let reference = cfg
+            .dev_oov_reference
+            .as_deref()
+            .map(read_word_set)
+            .transpose()?;
+        let dev = eval::dev_features(full, data, cfg.dev_oov_rate, reference.as_ref());
+        if let Some(lexicon) = &dev.lexicon {
+            lexicon.save(&cfg.output_dir.join("dev-lexicon.safetensors"))?;
+        }
+        if let Some(stats) = &dev.list_stats {
+            stats.save(&cfg.output_dir.join("dev-liststats.safetensors"))?;
+        }
+        Ok(dev)
+    }
+
+    /// The epoch's batches (a seeded shuffle), its windows drawn afresh when
+    /// epochs differ (hidden lexicon entries, [UNK] units, pseudo-sentences).
+    fn start_epoch(&mut self) -> Vec<Vec<usize>> {
+        let epoch = self.state.epoch;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            self.cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let p = self.epochs.perturb(self.cfg, epoch);
+        if self.epochs.varies(&p) {
+            self.train_windows = self.epochs.windows(
+                self.cfg,
+                &self.data,
+                epoch,
+                &self.tagger.vocab,
+                &self.tagger.features,
+                p,
+            );
+            self.lengths = self.train_windows.iter().map(|w| w.ids.len()).collect();
+        }
+        training_batches(&self.lengths, self.cfg.batch_size, &mut rng)
+    }
+
+    /// One step on the windows `idx`, logged.
+    fn train_step(&mut self, idx: &[usize]) -> Result<()> {
+        let ws: Vec<&Window> = idx.iter().map(|&i| &self.train_windows[i]).collect();
+        let batch = make_batch(&ws, &self.tagger.vocab, &self.tagger.device)?;
+        let soft = self.soft.for_batch(idx, &batch)?;
+        let r = self
+            .stepper
+            .step(&self.tagger, &batch, soft, self.state.step)?;
+        self.state.step += 1;
+        self.state.batch_in_epoch += 1;
+        self.units_done += batch.units;
+        let ema = self.loss_ema.map_or(r.loss, |e| 0.98 * e + 0.02 * r.loss);
+        self.loss_ema = Some(ema);
+        let rate = self.units_done as f64 / self.log.elapsed();
+        self.bar.set_position(self.state.step);
+        self.bar
+            .set_message(format!("loss {ema:.4}  lr {:.2e}  {rate:.0} units/s", r.lr));
+        self.log.write(serde_json::json!({
+            "step": self.state.step, "epoch": self.state.epoch, "loss": r.loss, "lr": r.lr,
+            "grad_norm": r.grad_norm, "units_per_s": rate, "elapsed_s": self.log.elapsed(),
+        }))
+    }
+
+    /// [`Trainer::evaluate_and_save`] with the bar out of the way, and a line
+    /// saying how it went.
+    fn evaluate_and_report(&mut self) -> Result<()> {
+        let bar = self.bar.clone();
+        let c = bar.suspend(|| self.evaluate_and_save())?;
+        bar.println(format!(
+            "step {}: dev F1 {:.4} (P {:.4} R {:.4}), best {:.4}",
+            self.state.step,
+            c.f1(),
+            c.precision(),
+            c.recall(),
+            self.state.best_dev_f1.unwrap_or(0.0)
+        ));
+        self.last_dev = Some(c);
+        Ok(())
+    }
+
+    /// Scores dev, logs the score, saves `best` when it improved and `last`
+    /// always (with what `--resume` needs).
+    pub(super) fn evaluate_and_save(&mut self) -> Result<Counts> {
+        let t0 = Instant::now();
+        let (c, bias) = eval::evaluate(
+            &self.tagger,
+            &self.data.dev,
+            self.words.as_ref(),
+            &self.biases,
+        )?;
+        if self.cfg.tune_boundary_bias {
+            self.tagger.config.extra.insert(
+                crate::tagger::BOUNDARY_BIAS_KEY.into(),
+                serde_json::json!(bias),
+            );
+        }
+        let f1 = c.f1();
+        let improved = self.state.best_dev_f1.is_none_or(|b| f1 > b);
+        if improved {
+            self.state.best_dev_f1 = Some(f1);
+        }
+        self.log.write(serde_json::json!({
+            "step": self.state.step, "epoch": self.state.epoch, "dev_f1": f1, "dev_precision": c.precision(),
+            "dev_recall": c.recall(), "dev_oov_recall": self.words.as_ref().map(|_| c.oov_recall()),
+            "boundary_bias": bias, "eval_seconds": t0.elapsed().as_secs_f64(), "elapsed_s": self.log.elapsed(), "best": improved,
+        }))?;
+        let dir = &self.cfg.output_dir;
+        if improved {
+            self.save(&dir.join("best"), false)?;
+        }
+        self.save(&dir.join("last"), true)?;
+        Ok(c)
+    }
+
+    /// Saves the model being trained to `dest`, with the optimizer and
+    /// trainer state when `resumable`.
+    pub(super) fn save(&self, dest: &Path, resumable: bool) -> Result<()> {
+        let resume = resumable.then(|| (self.stepper.optimizer(), &self.state));
+        state::save_checkpoint(dest, &self.tagger, self.cfg, &self.full_features, resume)
+    }
+
+    fn finish(self, interrupted: bool) -> Summary {
+        self.bar.finish_and_clear();
+        Summary {
+            steps: self.state.step,
+            best_dev_f1: self.state.best_dev_f1,
+            last_dev: self.last_dev,
+            interrupted,
+            saved_at_stop: interrupted.then(|| self.cfg.output_dir.join("last")),
+            output_dir: self.cfg.output_dir.clone(),
+        }
+    }
+}
+
+fn progress_bar(progress: Progress, total: u64, at: u64) -> indicatif::ProgressBar {
+    let bar = match progress {
+        Progress::Bar => indicatif::ProgressBar::new(total),
+        Progress::Quiet => indicatif::ProgressBar::hidden(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(at);
+    bar
+}
