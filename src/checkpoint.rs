@@ -120,6 +120,45 @@ where
     Ok(())
 }
 
+/// Tidies what a process killed inside [`write_atomic`] left beside `dest`:
+/// if `dest` is gone but its complete old version waits in `.NAME.old-PID`
+/// (killed between the two renames), that is put back; half-written
+/// `.NAME.tmp-PID` folders and leftover old ones are removed. Returns whether
+/// anything was found.
+pub fn recover_atomic(dest: &Path) -> Result<bool> {
+    let (Some(name), Some(parent)) = (dest.file_name(), dest.parent()) else {
+        return Ok(false);
+    };
+    let name = name.to_string_lossy();
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(false);
+    };
+    let mut found = false;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(file) = path.file_name().map(|f| f.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let old = file.starts_with(&format!(".{name}.old-"));
+        if !(old || file.starts_with(&format!(".{name}.tmp-"))) {
+            continue;
+        }
+        found = true;
+        if old && !dest.exists() {
+            fs::rename(&path, dest).with_context(|| {
+                format!(
+                    "restoring checkpoint {} from {}",
+                    dest.display(),
+                    path.display()
+                )
+            })?;
+        } else {
+            remove_if_present(&path)?;
+        }
+    }
+    Ok(found)
+}
+
 /// Writes `files` (name, bytes) as the new content of the folder `dest`; see [`write_atomic`].
 pub fn write_files_atomic(dest: &Path, files: &[(&str, &[u8])]) -> Result<()> {
     write_atomic(dest, |dir| {

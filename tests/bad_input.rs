@@ -1,13 +1,7 @@
 //! Bad and unusual input through the real binary: no panic, no lost
 //! character, and errors that name the file and line.
 
-use crate::common::{run_cws, write_file};
-
-fn dict(dir: &std::path::Path) -> String {
-    write_file(dir, "words.txt", "北京\n天安门\n".as_bytes())
-        .display()
-        .to_string()
-}
+use crate::common::{dict, run_cws, write_file};
 
 #[test]
 fn odd_characters_pass_through_unchanged() {

@@ -55,3 +55,10 @@ pub fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     std::fs::write(&p, content).unwrap();
     p
 }
+
+/// A two-word list (北京, 天安门) in `dir`, for `--dict-only` runs.
+pub fn dict(dir: &Path) -> String {
+    write_file(dir, "words.txt", "北京\n天安门\n".as_bytes())
+        .display()
+        .to_string()
+}

@@ -3,7 +3,7 @@
 //! status and resumes to the same weights, and input in the wrong encoding or
 //! format gets an error that says what it is.
 
-use crate::common::{cws, repo_root, run_cws, write_file};
+use crate::common::{cws, dict, repo_root, run_cws, write_file};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,12 +11,6 @@ use std::time::{Duration, Instant};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn dict(dir: &Path) -> String {
-    write_file(dir, "words.txt", "北京\n天安门\n".as_bytes())
-        .display()
-        .to_string()
 }
 
 #[test]
@@ -210,16 +204,19 @@ fn eval_refuses_raw_text_as_gold() {
         "pred.txt",
         "我 爱 北京 天安门\n今天 天气 很 好\n\n他们 在 研究 经济 问题\n".as_bytes(),
     );
-    let out = run_cws(
-        &[
-            "eval",
-            "--gold",
-            raw.to_str().unwrap(),
-            "--pred",
-            pred.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let eval = |gold: &Path, pred: &Path| {
+        run_cws(
+            &[
+                "eval",
+                "--gold",
+                gold.to_str().unwrap(),
+                "--pred",
+                pred.to_str().unwrap(),
+            ],
+            b"",
+        )
+    };
+    let out = eval(&raw, &pred);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -227,16 +224,7 @@ fn eval_refuses_raw_text_as_gold() {
         "{err}"
     );
     // The other way round is a normal (poor) score.
-    let out = run_cws(
-        &[
-            "eval",
-            "--gold",
-            pred.to_str().unwrap(),
-            "--pred",
-            raw.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let out = eval(&pred, &raw);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -549,6 +537,113 @@ fn signals_save_last_exit_with_their_code_and_resume_to_the_same_weights() {
             std::fs::read(run.join(f)).unwrap()
                 == std::fs::read(tmp.path().join("runs/whole").join(f)).unwrap(),
             "{f} differs from the uninterrupted run's"
+        );
+    }
+}
+
+/// Step lines logged so far by a run that may be writing one right now.
+fn metric_steps_or_none(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .count()
+}
+
+/// The files a complete checkpoint folder has (`last` also the optimizer
+/// and trainer state).
+fn assert_complete_checkpoints(run: &Path) {
+    let mut stack = vec![run.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !path.is_dir() {
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name == "best" || name == "last" {
+                let mut needed = vec![
+                    "config.json",
+                    "model.safetensors",
+                    "vocab.txt",
+                    "cws-train.toml",
+                ];
+                if name == "last" {
+                    needed.extend(["trainer_state.json", "optimizer.safetensors"]);
+                }
+                for f in needed {
+                    assert!(path.join(f).is_file(), "{} lacks {f}", path.display());
+                }
+            } else if !name.starts_with('.') {
+                stack.push(path);
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_at_any_point_then_resume_gives_the_uninterrupted_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "max_steps = 12\ncrossfit_folds = 2\n";
+    let whole = tiny_config(tmp.path(), "whole", extra);
+    let out = train_cmd(tmp.path(), &["--config", whole.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = |f: &str| std::fs::read(tmp.path().join("runs/whole").join(f)).unwrap();
+    // Kill points spread over start-up, the copies, the run, its evaluations
+    // and saves: after this many step lines in all (copies 12 each, run 12).
+    for (i, after) in [0usize, 3, 13, 20, 27, 30, 36].into_iter().enumerate() {
+        let name = format!("killed{i}");
+        let cfg = tiny_config(tmp.path(), &name, extra);
+        let run = tmp.path().join("runs").join(&name);
+        let mut child = train_cmd(tmp.path(), &["--config", cfg.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        let logged = || {
+            ["crossfit/0", "crossfit/1", "."]
+                .iter()
+                .map(|d| metric_steps_or_none(&run.join(d)))
+                .sum::<usize>()
+        };
+        let t0 = Instant::now();
+        while logged() < after && child.try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(300));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap(); // SIGKILL: no handler runs
+        child.wait().unwrap();
+        if run.exists() {
+            assert_complete_checkpoints(&run);
+        }
+        let stage = ["crossfit/0", "crossfit/1", "."]
+            .iter()
+            .map(|d| format!("{d}: {} steps", metric_steps_or_none(&run.join(d))))
+            .collect::<Vec<_>>();
+        eprintln!("killed after {after} step lines: {}", stage.join(", "));
+        let args: Vec<&str> = if run.join("config.toml").is_file() {
+            vec!["--resume", "--output-dir", run.to_str().unwrap()]
+        } else {
+            vec!["--config", cfg.to_str().unwrap()]
+        };
+        let out = train_cmd(tmp.path(), &args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "killed after {after}: {}",
+            stderr(&out)
+        );
+        for f in ["last/model.safetensors", "best/model.safetensors"] {
+            assert!(
+                std::fs::read(run.join(f)).unwrap() == expected(f),
+                "killed after {after}: {f} differs from the uninterrupted run's"
+            );
+        }
+        assert_eq!(
+            metric_steps(&run),
+            (1..=12).collect::<Vec<_>>(),
+            "killed after {after}"
         );
     }
 }

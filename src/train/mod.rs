@@ -99,7 +99,7 @@ pub fn train_until(
             })
         }
     };
-    Trainer::new(cfg, data, resume_from.as_deref(), &copies, progress)?.run(stop_after)
+    Trainer::new(cfg, data, resume, resume_from.as_deref(), &copies, progress)?.run(stop_after)
 }
 
 /// Trains, or finishes, the copies `crossfit_folds` asks for (copy k in
@@ -130,7 +130,9 @@ fn crossfit_copies(
                 k + n,
                 k + 2 * n
             );
-            let s = train_until(&c, state.is_some(), progress, None)?;
+            // A copy that was started resumes (from step 0 if it never saved).
+            let started = c.output_dir.join("config.toml").is_file();
+            let s = train_until(&c, started, progress, None)?;
             if s.interrupted {
                 return Ok(Err(s));
             }
@@ -170,6 +172,7 @@ impl<'a> Trainer<'a> {
     fn new(
         cfg: &'a TrainConfig,
         data: Data,
+        resume: bool,
         resume_from: Option<&Path>,
         copies: &[PathBuf],
         progress: Progress,
@@ -210,7 +213,8 @@ impl<'a> Trainer<'a> {
                 ..TrainerState::default()
             },
         };
-        let log = state::MetricsLog::open(&cfg.output_dir, resume_from.map(|_| state.step))?;
+        // Resumed (even from no checkpoint): log lines after the state's step go.
+        let log = state::MetricsLog::open(&cfg.output_dir, resume.then_some(state.step))?;
         eprintln!(
             "training on {} windows ({} sentences), {} dev sentences, {} steps of batch {} on {:?}",
             train_windows.len(),

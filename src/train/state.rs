@@ -80,14 +80,29 @@ pub(super) fn read_state(dir: &Path) -> Result<TrainerState> {
         .context("reading trainer_state.json")
 }
 
-/// The checkpoint `--resume` continues from: the run's `last`, or none yet
-/// for a cross-fitted run stopped inside one of its copies.
+/// The checkpoint `--resume` continues from: the run's `last`, or none when
+/// the run stopped before its first one (it starts again from step 0) or
+/// inside one of its cross-fitted copies. Checkpoints that a killed process
+/// was writing are put in order first.
 pub(super) fn resume_point(cfg: &TrainConfig, resume: bool) -> Result<Option<PathBuf>> {
     let last = cfg.output_dir.join("last");
+    if resume {
+        for dest in [&last, &cfg.output_dir.join("best")] {
+            crate::checkpoint::recover_atomic(dest)?;
+        }
+    }
     match (resume, last.join("trainer_state.json").is_file()) {
         (true, true) => Ok(Some(last)),
-        (true, false) if cfg.crossfit_folds > 0 => Ok(None),
-        (true, false) => bail!("--resume: no checkpoint to resume at {}", last.display()),
+        (true, false) => {
+            // A cross-fitted run's copies say where they resume.
+            if cfg.crossfit_folds == 0 {
+                eprintln!(
+                    "--resume: no checkpoint in {} yet; starting from the first step",
+                    cfg.output_dir.display()
+                );
+            }
+            Ok(None)
+        }
         (false, _) => Ok(None),
     }
 }
