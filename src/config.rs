@@ -120,6 +120,8 @@ pub struct TrainConfig {
     #[serde(default = "default_epochs")]
     pub epochs: usize,
     pub max_steps: Option<usize>,
+    /// Peak learning rate. Default: 3e-5 for a pretrained model (the usual
+    /// BERT fine-tuning rate), 1e-3 for a fresh one (`config:PATH`).
     pub learning_rate: f64,
     /// Linear warmup, as a fraction of all steps.
     #[serde(default = "default_warmup")]
@@ -240,6 +242,15 @@ impl TrainConfig {
     pub fn from_table(mut table: toml::Table, overrides: &toml::Table) -> Result<Self> {
         for (key, value) in overrides {
             table.insert(key.clone(), value.clone());
+        }
+        // Defaults that depend on other fields; the rest are serde defaults.
+        if !table.contains_key("learning_rate") {
+            let fresh = table
+                .get("model")
+                .and_then(toml::Value::as_str)
+                .is_some_and(|m| m.starts_with("config:"));
+            let lr = if fresh { 1e-3 } else { 3e-5 };
+            table.insert("learning_rate".into(), toml::Value::Float(lr));
         }
         let cfg: TrainConfig = table.try_into().map_err(|e| anyhow::anyhow!("{e}"))?;
         cfg.validate()?;
@@ -503,12 +514,15 @@ pub fn open_device(choice: DeviceChoice) -> Result<candle_core::Device> {
 mod tests {
     use super::*;
 
-    const MIN: &str = "model = \"config:c.json\"\ntrain = \"t.txt\"\nlearning_rate = 1e-3\noutput_dir = \"out\"\n";
+    const MIN: &str = "model = \"config:c.json\"\ntrain = \"t.txt\"\noutput_dir = \"out\"\n";
 
     #[test]
     fn defaults_and_unknown_keys() {
         let c = TrainConfig::parse(MIN).unwrap();
         assert_eq!((c.max_length, c.batch_size, c.seed), (128, 32, 42));
+        assert_eq!(c.learning_rate, 1e-3, "a fresh model's default");
+        let tuned = TrainConfig::parse(&MIN.replace("config:c.json", "bert-base-chinese")).unwrap();
+        assert_eq!(tuned.learning_rate, 3e-5, "a pretrained model's default");
         let err = TrainConfig::parse(&format!("{MIN}learning_rat = 1\n"))
             .unwrap_err()
             .to_string();

@@ -541,3 +541,165 @@ fn repository_configs_load_and_find_their_data() {
     }
     assert!(checked >= 4);
 }
+
+/// Every config field can be set from the command line with `--set`: the
+/// test walks the full list of fields (read from the config parser's own
+/// "expected one of" message, so a new field fails here until covered).
+#[test]
+fn every_config_field_is_settable_from_the_command_line() {
+    use clap::Parser;
+    let err = TrainConfig::parse("no_such_field = 1\n")
+        .unwrap_err()
+        .to_string();
+    let fields: Vec<String> = err
+        .split("expected one of")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{err}"))
+        .split(',')
+        .map(|f| f.trim().trim_matches('`').to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    // A value for each field that differs from the base config below.
+    let values: &[(&str, &str)] = &[
+        ("model", "\"hub-owner/model\""),
+        ("vocab", "\"vocab.txt\""),
+        ("train", "\"t2.txt\""),
+        ("dev", "\"d.txt\""),
+        ("dev_fraction", "0.25"),
+        ("words", "\"w.txt\""),
+        ("lexicon", "\"lex2.txt\""),
+        ("lexicon_dropout", "0.3"),
+        ("lexicon_stats", "true"),
+        ("distill_from", "[\"teacher\"]"),
+        ("distill_weight", "0.7"),
+        ("crossfit_folds", "3"),
+        ("crossfit_weight", "0.2"),
+        ("exclude_fold", "[1, 4]"),
+        ("lexicon_examples", "0.4"),
+        ("unit_dropout", "0.05"),
+        ("long_word_placeholder", "\"L\""),
+        ("heldout_folds", "5"),
+        ("heldout_hide", "0.6"),
+        ("tune_boundary_bias", "true"),
+        ("bigram_min_count", "2"),
+        ("dev_oov_rate", "0.05"),
+        ("dev_oov_reference", "\"ref.txt\""),
+        ("bigram_buckets", "500"),
+        ("max_length", "64"),
+        ("batch_size", "7"),
+        ("epochs", "9"),
+        ("max_steps", "11"),
+        ("learning_rate", "0.25"),
+        ("warmup", "0.2"),
+        ("weight_decay", "0.03"),
+        ("grad_clip", "0.5"),
+        ("dropout", "0.15"),
+        ("seed", "5"),
+        ("eval_every", "13"),
+        ("output_dir", "\"o2\""),
+        ("device", "\"cuda:1\""),
+        ("precision", "\"bf16\""),
+    ];
+    let mut covered: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
+    covered.sort();
+    let mut all: Vec<&str> = fields.iter().map(String::as_str).collect();
+    all.sort();
+    assert_eq!(covered, all, "fields without a value in this test");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let base = write_file(
+        tmp.path(),
+        "c.toml",
+        b"model = \"config:c.json\"\ntrain = \"t.txt\"\nlexicon = \"lex.txt\"\noutput_dir = \"out\"\n",
+    );
+    let here = std::env::current_dir().unwrap();
+    for (key, value) in values {
+        let set = format!("{key}={value}");
+        let cli = cws::commands::Cli::try_parse_from([
+            "cws",
+            "train",
+            "--config",
+            base.to_str().unwrap(),
+            "--set",
+            &set,
+        ])
+        .unwrap();
+        let cws::commands::Command::Train(args) = cli.command else {
+            panic!("a train command")
+        };
+        let c = cws::commands::train::resolve_config(&args)
+            .unwrap_or_else(|e| panic!("--set {set}: {e:#}"));
+        let got = c.to_table().get(*key).cloned();
+        let mut want: toml::Value =
+            format!("v = {value}").parse::<toml::Table>().unwrap()["v"].clone();
+        // Paths given on the command line are taken from the current folder.
+        if cws::config::PATH_FIELDS.contains(key) {
+            let abs = |v: &toml::Value| {
+                toml::Value::String(here.join(v.as_str().unwrap()).display().to_string())
+            };
+            want = match &want {
+                toml::Value::Array(items) => toml::Value::Array(items.iter().map(abs).collect()),
+                v => abs(v),
+            };
+        }
+        assert_eq!(got, Some(want), "--set {set}");
+    }
+    // Unknown keys are errors, from the command line too.
+    let cli = cws::commands::Cli::try_parse_from([
+        "cws",
+        "train",
+        "--config",
+        base.to_str().unwrap(),
+        "--set",
+        "learning_rat=1",
+    ])
+    .unwrap();
+    let cws::commands::Command::Train(args) = cli.command else {
+        panic!()
+    };
+    let err = format!(
+        "{:#}",
+        cws::commands::train::resolve_config(&args).unwrap_err()
+    );
+    assert!(err.contains("unknown field `learning_rat`"), "{err}");
+}
+
+/// The README's example configs load as written from configs/, and the
+/// fresh-model one trains (a few steps) where the SIGHAN data is present.
+#[test]
+fn readme_example_configs_load_and_train() {
+    let readme = std::fs::read_to_string(crate::common::repo_root().join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 2, "the README shows example configs");
+    let tmp = tempfile::tempdir().unwrap();
+    let configs = tmp.path().join("configs");
+    std::fs::create_dir_all(configs.join("tiny")).unwrap();
+    std::fs::copy(
+        crate::common::repo_root().join("configs/tiny/config.json"),
+        configs.join("tiny/config.json"),
+    )
+    .unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        assert!(block.lines().count() <= 5, "{block}");
+        let path = write_file(&configs, &format!("example{i}.toml"), block.as_bytes());
+        let c = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{block}: {e:#}"));
+        assert!(c.output_dir.starts_with(tmp.path().join("runs")), "{block}");
+        if let (true, Some(data)) = (c.model.starts_with("config:"), crate::common::data_dir()) {
+            let mut c = c;
+            // Without $CWS_DATA_DIR the default points beside this temp folder.
+            if !c.train.is_file() {
+                c.train = data.join("train/pku_10pct.utf8");
+            }
+            c.max_steps = Some(2);
+            c.max_length = 32;
+            c.batch_size = 4;
+            c.dev_fraction = 0.005;
+            let s = train_until(&c, false, Progress::Quiet, None).unwrap();
+            assert_eq!(s.steps, 2);
+        }
+    }
+}
