@@ -140,12 +140,12 @@ pub struct TrainConfig {
     pub eval_every: usize,
     pub output_dir: PathBuf,
     /// auto, cpu, cuda or cuda:N.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceChoice,
     /// f32; or mixed precision for CUDA: bf16 (activations and matmuls in
     /// bf16 over f32 master weights) or f16 (the same, with dynamic loss scaling).
-    #[serde(default = "default_precision")]
-    pub precision: String,
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_dev_fraction() -> f64 {
@@ -179,21 +179,26 @@ fn default_grad_clip() -> f64 {
 fn default_seed() -> u64 {
     42
 }
-fn default_device() -> String {
-    "auto".into()
-}
-fn default_precision() -> String {
-    "f32".into()
+/// Training precision: f32, or mixed precision (activations and matmuls in
+/// bf16 or f16 over f32 master weights; f16 with dynamic loss scaling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
 }
 
-/// The activation dtype of a `precision` setting.
-pub fn parse_precision(s: &str) -> Result<candle_core::DType> {
-    Ok(match s {
-        "f32" => candle_core::DType::F32,
-        "bf16" => candle_core::DType::BF16,
-        "f16" => candle_core::DType::F16,
-        _ => bail!("unknown precision {s:?}: expected f32, bf16 or f16"),
-    })
+impl Precision {
+    /// The activation dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::F16 => candle_core::DType::F16,
+        }
+    }
 }
 
 /// The fields that hold paths: relative ones are taken relative to the
@@ -362,8 +367,6 @@ impl TrainConfig {
         if self.dev.is_none() && self.dev_fraction == 0.0 {
             bail!("no dev data: set `dev` or a positive `dev_fraction`");
         }
-        parse_device(&self.device)?;
-        parse_precision(&self.precision)?;
         Ok(())
     }
 
@@ -469,11 +472,36 @@ pub fn expand_vars(s: &str) -> Result<String> {
 }
 
 /// Device names accepted by `--device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
+    #[default]
     Auto,
     Cpu,
     Cuda(usize),
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(0) => f.write_str("cuda"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_device(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 pub fn parse_device(s: &str) -> Result<DeviceChoice> {

@@ -275,8 +275,8 @@ fn command_line_overrides_every_usual_field() {
         (7, Some(9), 5, 64, 3, 11)
     );
     assert_eq!(
-        (c.learning_rate, c.device.as_str(), c.precision.as_str()),
-        (0.5, "cpu", "bf16")
+        (c.learning_rate, c.device.to_string().as_str(), c.precision),
+        (0.5, "cpu", cws::config::Precision::Bf16)
     );
     assert_eq!(c.output_dir, here("o"));
     assert_eq!(c.words, Some(here("w")));

@@ -4,7 +4,7 @@
 //! run's own `last` checkpoint when resuming.
 
 use super::data::Data;
-use crate::config::{open_device, parse_device, TrainConfig, VOCAB_FROM_TRAIN};
+use crate::config::{open_device, TrainConfig, VOCAB_FROM_TRAIN};
 use crate::encode::Vocab;
 use crate::features::{FeatureSpec, Lexicon};
 use crate::hub::{resolve, HubSettings, ModelSource};
@@ -23,7 +23,7 @@ pub(super) fn build_tagger(
     data: &Data,
     resume_from: Option<&Path>,
 ) -> Result<Tagger> {
-    let device = open_device(parse_device(&cfg.device)?)?;
+    let device = open_device(cfg.device)?;
     let source = match resume_from {
         Some(dir) => ModelSource::Local(dir.to_path_buf()),
         None => ModelSource::parse(&cfg.model)?,

@@ -24,7 +24,7 @@ pub use data::{lexicon_sentences, load_data, windows, Data, Heldout, Perturb};
 pub use eval::evaluate;
 pub use state::TrainerState;
 
-use crate::config::{parse_precision, TrainConfig};
+use crate::config::TrainConfig;
 use crate::corpus::read_word_set;
 use crate::encode::{make_batch, training_batches, Window};
 use crate::features::FeatureSpec;
@@ -184,7 +184,7 @@ impl<'a> Trainer<'a> {
             // Dropout masks are drawn on the device there; seed its generator.
             tagger.device.set_seed(cfg.seed)?;
         }
-        let precision = parse_precision(&cfg.precision)?;
+        let precision = cfg.precision.dtype();
         tagger.model.set_compute_dtype(precision);
         let full_features = tagger.features.clone();
         tagger.features = Self::dev_view(cfg, &data, &full_features)?;
