@@ -6,6 +6,8 @@
 //! needs no BLAS and a machine without one still works through candle's matmul.
 //! Every call runs OpenBLAS single-threaded inside rayon tasks: one thread pool
 //! (rayon's) owns the cores, instead of two pools spinning against each other.
+//! How a product is cut between tasks depends on its shape only ([`split_plan`]),
+//! so its bits do not depend on the number of threads.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -324,13 +326,46 @@ unsafe fn sgemm_one(
     );
 }
 
-/// Below this many multiply-adds a product runs as one call on the caller's thread.
+/// A single product is cut into blocks only if each does at least this many
+/// multiply-adds: OpenBLAS runs products of up to 100^3 through other
+/// ("small matrix") kernels that round differently.
 const SPLIT_MIN_WORK: usize = 1 << 20;
+/// At most this many blocks, which spreads evenly over 2, 4 or 8 threads.
+const SPLIT_MAX_BLOCKS: usize = 8;
+/// Rows (columns) per block at least: each block packs all of the other
+/// operand again, which thin blocks would spend more time on than on products.
+const SPLIT_MIN_SIDE: usize = 64;
+
+/// How a single `[m, k] @ [k, n]` product is cut: along its rows if `m >= n`
+/// (else its columns) into `blocks` pieces, piece `i` starting at `i * step`
+/// and the last one running to the end; `blocks == 1` is one call.
+///
+/// The cut depends on the shape only, never on the number of threads, so a
+/// product has the same bits on any number of them. It also keeps every
+/// output element computed as one call computes it (checked against single
+/// calls with OpenBLAS 0.3.21's SkylakeX kernels for the products training
+/// runs; see the tests): `step` is a multiple of 16, so blocks start on the
+/// kernels' tiles, and each block is big enough for OpenBLAS's regular path.
+fn split_plan(m: usize, n: usize, k: usize) -> (bool, usize, usize) {
+    let along_rows = m >= n;
+    let (len, other) = if along_rows { (m, n) } else { (n, m) };
+    let line_work = (other * k).max(1);
+    let min_side = SPLIT_MIN_WORK
+        .div_ceil(line_work)
+        .next_multiple_of(16)
+        .max(SPLIT_MIN_SIDE);
+    let blocks = (len / min_side).min(SPLIT_MAX_BLOCKS);
+    if blocks < 2 {
+        return (along_rows, len, 1);
+    }
+    let blocks = 1 << blocks.ilog2();
+    (along_rows, len / blocks / 16 * 16, blocks)
+}
 
 /// `c = alpha * a_i @ b_i + beta * c` for every batch item `i`, `c` contiguous
 /// `[batch, m, n]`. Batches are spread over rayon's threads; a single big
-/// product is cut along its longer output side so each thread packs only
-/// its share of the other operand.
+/// product is cut as [`split_plan`] says, so each thread packs only its
+/// share of the other operand.
 #[allow(clippy::too_many_arguments)]
 fn gemm_batched(
     f: SgemmFn,
@@ -342,10 +377,8 @@ fn gemm_batched(
     beta: f32,
     c: &mut [f32],
 ) {
-    let (m, n, k) = (a[0].rows, b[0].cols, a[0].cols);
+    let (m, n) = (a[0].rows, b[0].cols);
     let out = OutPtr(c.as_mut_ptr());
-    let threads = rayon::current_num_threads().max(1);
-    let work = m * n * k.max(1);
     if a.len() > 1 {
         (0..a.len()).into_par_iter().for_each(|i| {
             // SAFETY: item i writes only its own [m, n] block of c.
@@ -366,18 +399,16 @@ fn gemm_batched(
         return;
     }
     let (a, b) = (a[0], b[0]);
-    if threads == 1 || work < SPLIT_MIN_WORK {
+    let (along_rows, step, blocks) = split_plan(m, n, a.cols);
+    if blocks == 1 {
         // SAFETY: c is the whole [m, n] output.
         unsafe { sgemm_one(f, alpha, a_data, a, b_data, b, beta, out.at(0), n) };
         return;
     }
-    // Blocks of a multiple of 16 rows/cols keep every thread on full SIMD tiles.
-    let along_rows = m >= n;
     let len = if along_rows { m } else { n };
-    let step = len.div_ceil(threads).next_multiple_of(16);
-    (0..len.div_ceil(step)).into_par_iter().for_each(|p| {
+    (0..blocks).into_par_iter().for_each(|p| {
         let s = p * step;
-        let e = (s + step).min(len);
+        let e = if p + 1 == blocks { len } else { s + step };
         // SAFETY: block p writes rows (or columns) s..e of c only.
         unsafe {
             if along_rows {
@@ -597,7 +628,8 @@ impl CustomOp1 for ColumnSums {
         };
         let d = l.dims()[1];
         let rows = (16 * 1024 / d.max(1)).max(1);
-        let sums = g
+        // Per-block sums in parallel, joined in a fixed order (see ordered_reduce).
+        let blocks: Vec<Vec<f32>> = g
             .par_chunks(rows * d.max(1))
             .map(|block| {
                 let mut acc = vec![0f32; d];
@@ -606,13 +638,162 @@ impl CustomOp1 for ColumnSums {
                 }
                 acc
             })
-            .reduce(
-                || vec![0f32; d],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+            .collect();
+        let sums = crate::fused::ordered_reduce(blocks, &|| vec![0f32; d], &|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        });
         Ok((CpuStorage::F32(sums), Shape::from(d)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn under_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    #[test]
+    fn column_sums_have_the_same_bits_on_any_number_of_threads() {
+        // [3000, 128]: 24 blocks of 128 rows, more than one thread's 8 groups.
+        let g = Tensor::from_vec(random(3000 * 128, 1), (3000, 128), &Device::Cpu).unwrap();
+        let sums = |n| {
+            under_threads(n, || {
+                g.apply_op1_no_bwd(&ColumnSums)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+        };
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let one = bits(sums(1));
+        for n in [2, 3, 2, 3] {
+            assert_eq!(bits(sums(n)), one, "{n} threads");
+        }
+    }
+
+    #[test]
+    fn split_plan_cuts_by_shape_into_big_tile_aligned_blocks() {
+        for (m, n, k) in [
+            (4096, 128, 128),
+            (128, 128, 4096),
+            (4, 128, 4096),
+            (500, 512, 128),
+            (4096, 4, 128),
+            (3000, 768, 3072),
+            (17, 9, 5),
+            (0, 128, 128),
+        ] {
+            let (along_rows, step, blocks) = split_plan(m, n, k);
+            let (len, other) = if along_rows { (m, n) } else { (n, m) };
+            assert_eq!(along_rows, m >= n);
+            assert!([1, 2, 4, 8].contains(&blocks), "{m}x{n}x{k}: {blocks}");
+            if blocks > 1 {
+                assert_eq!(step % 16, 0);
+                assert!(step >= SPLIT_MIN_SIDE && step * other * k >= SPLIT_MIN_WORK);
+                assert!(
+                    len - (blocks - 1) * step >= step,
+                    "the last block is no smaller"
+                );
+            }
+        }
+        assert_eq!(split_plan(4096, 128, 128), (true, 512, 8));
+        assert_eq!(split_plan(4, 128, 4096), (false, 64, 2));
+        assert_eq!(split_plan(2048, 4, 128), (true, 2048, 1));
+    }
+
+    /// With OpenBLAS present: the products a training step runs (forward
+    /// `x @ w^T + b`, backward `g @ w` and `g^T @ x`) give the same bits cut
+    /// into blocks as in one call, on any number of threads. One call is what
+    /// one thread ran before the cut became fixed, so weights trained then
+    /// (the bundled models) still reproduce.
+    #[test]
+    fn split_products_match_one_call() {
+        let Some(f) = blas().map(|b| b.sgemm) else {
+            eprintln!("SKIPPED: no OpenBLAS (see CWS_BLAS)");
+            return;
+        };
+        let mat = |rows, cols, trans| Mat {
+            off: 0,
+            rows,
+            cols,
+            ld: if trans { rows } else { cols },
+            trans,
+        };
+        let mut split = 0;
+        for rows in [256, 500, 1000, 2048, 2500, 3000, 4096] {
+            for (inp, out) in [(128, 128), (128, 512), (512, 128), (128, 4), (256, 1024)] {
+                let x = random(rows * inp, 2);
+                let w = random(out * inp, 3);
+                let g: Vec<f32> = random(rows * out, 4).iter().map(|v| v * 1e-3).collect();
+                let bias_rows: Vec<f32> =
+                    (0..rows * out).map(|i| (i % out) as f32 * 0.01).collect();
+                // (a data, a, b data, b, beta, c before)
+                let products = [
+                    (
+                        &x,
+                        mat(rows, inp, false),
+                        &w,
+                        mat(inp, out, true),
+                        1.0,
+                        bias_rows,
+                    ),
+                    (
+                        &g,
+                        mat(rows, out, false),
+                        &w,
+                        mat(out, inp, false),
+                        0.0,
+                        vec![0.0; rows * inp],
+                    ),
+                    (
+                        &g,
+                        mat(out, rows, true),
+                        &x,
+                        mat(rows, inp, false),
+                        0.0,
+                        vec![0.0; out * inp],
+                    ),
+                ];
+                for (ad, a, bd, b, beta, c0) in products {
+                    let (m, n, k) = (a.rows, b.cols, a.cols);
+                    if split_plan(m, n, k).2 > 1 {
+                        split += 1;
+                    }
+                    let mut one = c0.clone();
+                    // SAFETY: one call writing all of `one`.
+                    unsafe { sgemm_one(f, 1.0, ad, a, bd, b, beta, one.as_mut_ptr(), n) };
+                    for threads in [1, 2, 3] {
+                        let mut c = c0.clone();
+                        under_threads(threads, || {
+                            gemm_batched(f, 1.0, ad, &[a], bd, &[b], beta, &mut c)
+                        });
+                        let differ = c
+                            .iter()
+                            .zip(&one)
+                            .filter(|(x, y)| x.to_bits() != y.to_bits());
+                        assert_eq!(
+                            differ.count(),
+                            0,
+                            "{m}x{k} @ {k}x{n} on {threads} threads, cut {:?}",
+                            split_plan(m, n, k)
+                        );
+                    }
+                }
+            }
+        }
+        assert!(split > 50, "most of these products are cut: {split}");
     }
 }

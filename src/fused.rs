@@ -3,6 +3,8 @@
 //! candle's composite softmax/GELU take many single-threaded passes (and as many
 //! more in backward); these do one parallel pass each way. Other devices and
 //! dtypes fall back to the composite, differentiable candle ops.
+//! Sums over chunks join their partials in one fixed order ([`ordered_reduce`]),
+//! so a kernel's output has the same bits on any number of threads.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
@@ -413,10 +415,114 @@ impl CustomOp1 for SumSquares {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         // Per-chunk f64 partials: millions of f32 terms lose digits otherwise.
-        let total: f64 = slice(s, l)?
+        let partials: Vec<f64> = slice(s, l)?
             .par_chunks(CHUNK)
             .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-            .sum();
+            .collect();
+        let total = ordered_reduce(partials, &|| 0.0, &|a, b| a + b);
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+    }
+}
+
+/// How many times [`ordered_reduce`] halves its partials (at most 8 groups).
+const REDUCE_DEPTH: u32 = 3;
+
+/// Combines `parts` (per-chunk partials, computed in parallel and collected in
+/// order) in a fixed order, so that the result has the same bits whatever the
+/// number of threads.
+///
+/// A rayon `par_chunks(..).map(..).reduce(..)` or `.sum()` joins its pieces
+/// in a tree shaped by the thread count and by work stealing: on two threads
+/// the gradient norm and the bias gradients changed in their last bits from
+/// run to run, and so did the trained weights. The order here is the one that
+/// tree had on ONE thread, called from outside rayon's pool as training calls
+/// these kernels (the bundled models were trained that way, and retrain byte
+/// for byte): the partials are halved (the left half gets `len / 2`) three
+/// levels deep while at least two are left, each resulting group is folded
+/// from `identity` left to right, and the groups are joined pairwise with `op`.
+pub(crate) fn ordered_reduce<T>(
+    parts: Vec<T>,
+    identity: &impl Fn() -> T,
+    op: &impl Fn(T, T) -> T,
+) -> T {
+    fn tree<T>(
+        parts: &mut std::vec::IntoIter<T>,
+        len: usize,
+        depth: u32,
+        identity: &impl Fn() -> T,
+        op: &impl Fn(T, T) -> T,
+    ) -> T {
+        if depth < REDUCE_DEPTH && len >= 2 {
+            let left = tree(parts, len / 2, depth + 1, identity, op);
+            let right = tree(parts, len - len / 2, depth + 1, identity, op);
+            op(left, right)
+        } else {
+            parts.by_ref().take(len).fold(identity(), op)
+        }
+    }
+    let len = parts.len();
+    tree(&mut parts.into_iter(), len, 0, identity, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn under_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn ordered_reduce_keeps_the_one_thread_order() {
+        // The order rayon 1.12 gave `(0..20).par_chunks(1).map(..).reduce(..)`
+        // with RAYON_NUM_THREADS=1, called from the main thread (printed by a
+        // probe program): three halvings, groups folded from the identity "e".
+        let expected = "(((((e 0) 1) (((e 2) 3) 4)) (((e 5) 6) (((e 7) 8) 9))) \
+                        ((((e 10) 11) (((e 12) 13) 14)) (((e 15) 16) (((e 17) 18) 19))))";
+        let parts: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        let got = ordered_reduce(parts, &|| "e".to_string(), &|a, b| format!("({a} {b})"));
+        assert_eq!(got, expected);
+        let three: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        let got = ordered_reduce(three, &|| "e".to_string(), &|a, b| format!("({a} {b})"));
+        assert_eq!(got, "((e 0) ((e 1) (e 2)))");
+        assert_eq!(
+            ordered_reduce(Vec::<String>::new(), &|| "e".into(), &|a, b| a + &b),
+            "e"
+        );
+    }
+
+    #[test]
+    fn sum_squares_has_the_same_bits_on_any_number_of_threads() {
+        // 3M values: 184 chunks, far more than one thread's 8 groups.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let v: Vec<f32> = (0..3_000_000)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let x = Tensor::from_vec(v.clone(), v.len(), &Device::Cpu).unwrap();
+        let bits = |n| {
+            under_threads(n, || {
+                sum_squares(&x)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .to_bits()
+            })
+        };
+        let one = bits(1);
+        for n in [2, 3, 2, 3] {
+            assert_eq!(bits(n), one, "{n} threads");
+        }
+        // The fixed order, spelled out: chunk partials in f64, then the tree.
+        let parts: Vec<f64> = v
+            .chunks(CHUNK)
+            .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum())
+            .collect();
+        let reference = ordered_reduce(parts, &|| 0.0, &|a, b| a + b) as f32;
+        assert_eq!(one, reference.to_bits());
     }
 }

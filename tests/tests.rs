@@ -4,6 +4,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod determinism;
 mod hub;
 mod model;
 mod properties;
