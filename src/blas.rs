@@ -650,15 +650,8 @@ impl CustomOp1 for ColumnSums {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::tests::under_threads;
     use rand::{Rng, SeedableRng};
-
-    fn under_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
-            .install(f)
-    }
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -465,11 +465,12 @@ pub(crate) fn ordered_reduce<T>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn under_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
+    /// Runs `f` in a rayon pool of `n` threads.
+    pub(crate) fn under_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()

@@ -1,7 +1,7 @@
 //! Bad and unusual input through the real binary: no panic, no lost
 //! character, and errors that name the file and line.
 
-use crate::common::{dict, run_cws, write_file};
+use crate::common::{dict, run_cws, run_eval, write_file};
 
 #[test]
 fn odd_characters_pass_through_unchanged() {
@@ -69,31 +69,13 @@ fn eval_errors_name_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let gold = write_file(tmp.path(), "gold.txt", "我  爱\n北京\n".as_bytes());
     let bad = write_file(tmp.path(), "pred.txt", b"\xFF\n\n");
-    let out = run_cws(
-        &[
-            "eval",
-            "--gold",
-            gold.to_str().unwrap(),
-            "--pred",
-            bad.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let out = run_eval(&gold, &bad);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(!out.status.success());
     assert!(err.contains("pred.txt:1: invalid UTF-8"), "{err}");
 
     let short = write_file(tmp.path(), "short.txt", "我 爱\n".as_bytes());
-    let out = run_cws(
-        &[
-            "eval",
-            "--gold",
-            gold.to_str().unwrap(),
-            "--pred",
-            short.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let out = run_eval(&gold, &short);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains("gold.txt has 2 lines but") && err.contains("short.txt has 1"),
@@ -101,16 +83,7 @@ fn eval_errors_name_file_and_line() {
     );
 
     let missing = tmp.path().join("nope.txt");
-    let out = run_cws(
-        &[
-            "eval",
-            "--gold",
-            missing.to_str().unwrap(),
-            "--pred",
-            short.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let out = run_eval(&missing, &short);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains("cannot read") && err.contains("nope.txt"),
@@ -123,16 +96,7 @@ fn eval_warns_when_text_differs() {
     let tmp = tempfile::tempdir().unwrap();
     let gold = write_file(tmp.path(), "g", "我  爱\n北京\n".as_bytes());
     let pred = write_file(tmp.path(), "p", "我 爱\n南京\n".as_bytes());
-    let out = run_cws(
-        &[
-            "eval",
-            "--gold",
-            gold.to_str().unwrap(),
-            "--pred",
-            pred.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let out = run_eval(&gold, &pred);
     assert!(out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("do not spell the gold text: line 2"), "{err}");

@@ -62,3 +62,17 @@ pub fn dict(dir: &Path) -> String {
         .display()
         .to_string()
 }
+
+/// Runs `cws eval --gold GOLD --pred PRED`.
+pub fn run_eval(gold: &Path, pred: &Path) -> Output {
+    run_cws(
+        &[
+            "eval",
+            "--gold",
+            gold.to_str().unwrap(),
+            "--pred",
+            pred.to_str().unwrap(),
+        ],
+        b"",
+    )
+}

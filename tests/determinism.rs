@@ -9,51 +9,12 @@
 //! a fixed order, two threads changed the last bits of the weights.
 
 use crate::common::{cws, write_file};
-use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
-
-/// Sentences of words from a made-up word list (segmentation is learnable).
-fn corpus(n: usize) -> String {
-    let words = [
-        "今天",
-        "我们",
-        "研究",
-        "市场",
-        "经济",
-        "的",
-        "了",
-        "和",
-        "是",
-        "发展",
-        "新",
-        "问题",
-        "人民",
-        "计算机",
-        "工作",
-        "，",
-        "1998年",
-        "中国",
-        "重要",
-        "学习",
-        "国际",
-    ];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    (0..n)
-        .map(|_| {
-            let len = rng.random_range(5..15);
-            let mut line: Vec<&str> = (0..len)
-                .map(|_| words[rng.random_range(0..words.len())])
-                .collect();
-            line.push("。");
-            line.join("  ") + "\n"
-        })
-        .collect()
-}
 
 /// Writes the data and the model config into `dir`, then one run config per
 /// output folder in `outs` (absolute paths throughout); returns the run configs.
 fn setup(dir: &Path, outs: &[&Path]) -> Vec<PathBuf> {
-    let train = write_file(dir, "train.txt", corpus(150).as_bytes());
+    let train = write_file(dir, "train.txt", crate::training::corpus(150).as_bytes());
     let tiny = std::fs::read_to_string(crate::common::repo_root().join("configs/tiny/config.json"))
         .unwrap();
     let mut model: serde_json::Value = serde_json::from_str(&tiny).unwrap();

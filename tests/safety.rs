@@ -3,7 +3,7 @@
 //! status and resumes to the same weights, and input in the wrong encoding or
 //! format gets an error that says what it is.
 
-use crate::common::{cws, dict, repo_root, run_cws, write_file};
+use crate::common::{cws, dict, repo_root, run_cws, run_eval, write_file};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -204,19 +204,7 @@ fn eval_refuses_raw_text_as_gold() {
         "pred.txt",
         "我 爱 北京 天安门\n今天 天气 很 好\n\n他们 在 研究 经济 问题\n".as_bytes(),
     );
-    let eval = |gold: &Path, pred: &Path| {
-        run_cws(
-            &[
-                "eval",
-                "--gold",
-                gold.to_str().unwrap(),
-                "--pred",
-                pred.to_str().unwrap(),
-            ],
-            b"",
-        )
-    };
-    let out = eval(&raw, &pred);
+    let out = run_eval(&raw, &pred);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -224,7 +212,7 @@ fn eval_refuses_raw_text_as_gold() {
         "{err}"
     );
     // The other way round is a normal (poor) score.
-    let out = eval(&pred, &raw);
+    let out = run_eval(&pred, &raw);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

@@ -185,18 +185,26 @@ fn unknown_config_key_is_rejected_with_file_name() {
     );
 }
 
+/// The config `cws train ARGS` resolves to.
+fn resolved(args: &[&str]) -> anyhow::Result<TrainConfig> {
+    use clap::Parser;
+    let argv = ["cws", "train"].iter().chain(args);
+    let cli = cws::commands::Cli::try_parse_from(argv).unwrap();
+    let cws::commands::Command::Train(args) = cli.command else {
+        panic!("a train command")
+    };
+    cws::commands::train::resolve_config(&args)
+}
+
 #[test]
 fn command_line_overrides_every_usual_field() {
-    use clap::Parser;
     let tmp = tempfile::tempdir().unwrap();
     let p = write_file(
         tmp.path(),
         "c.toml",
         b"model = \"config:c.json\"\ntrain = \"t.txt\"\nlearning_rate = 1e-3\noutput_dir = \"out\"\n",
     );
-    let cli = cws::commands::Cli::try_parse_from([
-        "cws",
-        "train",
+    let c = resolved(&[
         "--config",
         p.to_str().unwrap(),
         "--model",
@@ -253,10 +261,6 @@ fn command_line_overrides_every_usual_field() {
         "0.3",
     ])
     .unwrap();
-    let cws::commands::Command::Train(args) = cli.command else {
-        panic!("a train command")
-    };
-    let c = cws::commands::train::resolve_config(&args).unwrap();
     // Paths on the command line are relative to the current folder.
     let here = |p: &str| std::env::current_dir().unwrap().join(p);
     assert_eq!(
@@ -547,7 +551,6 @@ fn repository_configs_load_and_find_their_data() {
 /// "expected one of" message, so a new field fails here until covered).
 #[test]
 fn every_config_field_is_settable_from_the_command_line() {
-    use clap::Parser;
     let err = TrainConfig::parse("no_such_field = 1\n")
         .unwrap_err()
         .to_string();
@@ -615,19 +618,7 @@ fn every_config_field_is_settable_from_the_command_line() {
     let here = std::env::current_dir().unwrap();
     for (key, value) in values {
         let set = format!("{key}={value}");
-        let cli = cws::commands::Cli::try_parse_from([
-            "cws",
-            "train",
-            "--config",
-            base.to_str().unwrap(),
-            "--set",
-            &set,
-        ])
-        .unwrap();
-        let cws::commands::Command::Train(args) = cli.command else {
-            panic!("a train command")
-        };
-        let c = cws::commands::train::resolve_config(&args)
+        let c = resolved(&["--config", base.to_str().unwrap(), "--set", &set])
             .unwrap_or_else(|e| panic!("--set {set}: {e:#}"));
         let got = c.to_table().get(*key).cloned();
         let mut want: toml::Value =
@@ -645,21 +636,15 @@ fn every_config_field_is_settable_from_the_command_line() {
         assert_eq!(got, Some(want), "--set {set}");
     }
     // Unknown keys are errors, from the command line too.
-    let cli = cws::commands::Cli::try_parse_from([
-        "cws",
-        "train",
-        "--config",
-        base.to_str().unwrap(),
-        "--set",
-        "learning_rat=1",
-    ])
-    .unwrap();
-    let cws::commands::Command::Train(args) = cli.command else {
-        panic!()
-    };
     let err = format!(
         "{:#}",
-        cws::commands::train::resolve_config(&args).unwrap_err()
+        resolved(&[
+            "--config",
+            base.to_str().unwrap(),
+            "--set",
+            "learning_rat=1"
+        ])
+        .unwrap_err()
     );
     assert!(err.contains("unknown field `learning_rat`"), "{err}");
 }
