@@ -436,7 +436,8 @@ fn training_on_raw_text_warns() {
 }
 
 /// Waits until `path` exists (or the child ends), then sends `signal`.
-fn signal_when(child: &mut Child, path: &Path, signal: &str) {
+#[cfg(unix)]
+fn signal_when(child: &mut Child, path: &Path, signal: libc::c_int) {
     let t0 = Instant::now();
     while !path.exists() && child.try_wait().unwrap().is_none() {
         assert!(
@@ -446,10 +447,9 @@ fn signal_when(child: &mut Child, path: &Path, signal: &str) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
+    // SAFETY: sends a signal to our own child process.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(sent, 0, "kill({}, {signal})", child.id());
 }
 
 #[cfg(unix)]
@@ -468,7 +468,7 @@ fn signals_save_last_exit_with_their_code_and_resume_to_the_same_weights() {
     signal_when(
         &mut child,
         &run.join("crossfit/0/last/trainer_state.json"),
-        "INT",
+        libc::SIGINT,
     );
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
@@ -490,7 +490,11 @@ fn signals_save_last_exit_with_their_code_and_resume_to_the_same_weights() {
     let mut child = train_cmd(tmp.path(), &["--resume", "--config", cfg_arg])
         .spawn()
         .unwrap();
-    signal_when(&mut child, &run.join("last/trainer_state.json"), "TERM");
+    signal_when(
+        &mut child,
+        &run.join("last/trainer_state.json"),
+        libc::SIGTERM,
+    );
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
     assert!(
