@@ -100,7 +100,7 @@ fn layer_norm(c: &mut Criterion, s: &Sizes) {
 fn gelu(c: &mut Criterion, s: &Sizes) {
     let x = var(&[s.rows, s.inter]);
     let mut g = group(c, s, "gelu_erf", (s.rows * s.inter) as u64);
-    forward_backward(&mut g, "fused", &[x.clone()], &|t| {
+    forward_backward(&mut g, "fused", std::slice::from_ref(&x), &|t| {
         cws::fused::gelu_erf(&t[0]).expect("gelu")
     });
     forward_backward(&mut g, "candle", &[x], &|t| t[0].gelu_erf().expect("gelu"));
@@ -118,17 +118,17 @@ fn softmax(c: &mut Criterion, s: &Sizes) {
         .and_then(|m| (m - 1.0)? * 1e4)
         .expect("mask");
     let mut g = group(c, s, "softmax_last", n);
-    forward_backward(&mut g, "fused", &[x.clone()], &|t| {
+    forward_backward(&mut g, "fused", std::slice::from_ref(&x), &|t| {
         cws::fused::softmax_last(&t[0]).expect("softmax")
     });
     // candle's fused softmax_last_dim has no backward: the reference is its
     // differentiable composite.
-    forward_backward(&mut g, "candle", &[x.clone()], &|t| {
+    forward_backward(&mut g, "candle", std::slice::from_ref(&x), &|t| {
         candle_nn::ops::softmax(&t[0], D::Minus1).expect("softmax")
     });
     g.finish();
     let mut g = group(c, s, "masked_softmax_last", n);
-    forward_backward(&mut g, "fused", &[x.clone()], &|t| {
+    forward_backward(&mut g, "fused", std::slice::from_ref(&x), &|t| {
         cws::fused::masked_softmax_last(&t[0], &bias).expect("masked softmax")
     });
     forward_backward(&mut g, "candle", &[x], &|t| {
