@@ -44,10 +44,12 @@ import json
 import os
 import re
 import resource
+import statistics
 import sys
 import tempfile
 import time
 
+# (hidden, layers, heads, intermediate): the same table as cws::bench::Shape.
 SHAPES = {
     "tiny": (128, 2, 2, 512),
     "small": (256, 4, 4, 1024),
@@ -102,43 +104,61 @@ def bench_torch(args):
         modes = ["train", "infer"] if args.mode == "both" else [args.mode]
         for mode in modes:
             def step():
-                if mode == "train":
-                    model.train()
-                    with ctx():
-                        out = model(input_ids=ids, attention_mask=mask, labels=labels)
-                    opt.zero_grad(set_to_none=True)
-                    if scaler:
-                        scaler.scale(out.loss).backward()
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                        scaler.step(opt)
-                        scaler.update()
-                    else:
-                        out.loss.backward()
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                        opt.step()
-                else:
+                """Seconds of the step's phases: forward (+ loss), backward, clipping + AdamW."""
+                t0 = time.perf_counter()
+                if mode == "infer":
                     model.eval()
                     with torch.inference_mode(), ctx():
                         model(input_ids=ids, attention_mask=mask).logits[0, 0, 0].item()
+                    sync()
+                    return (time.perf_counter() - t0, 0.0, 0.0)
+                model.train()
+                with ctx():
+                    out = model(input_ids=ids, attention_mask=mask, labels=labels)
                 sync()
+                t1 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                if scaler:
+                    scaler.scale(out.loss).backward()
+                else:
+                    out.loss.backward()
+                sync()
+                t2 = time.perf_counter()
+                if scaler:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    opt.step()
+                sync()
+                return (t1 - t0, t2 - t1, time.perf_counter() - t2)
 
             for _ in range(args.warmup):
                 step()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            secs = (time.perf_counter() - t0) / args.steps
+            timed = [step() for _ in range(args.steps)]
+            secs = sum(sum(p) for p in timed) / args.steps
+            train = mode == "train"
+
+            def med(i):
+                return statistics.median(p[i] for p in timed) if train else None
+
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else "Cpu"
             print(json.dumps({
                 "system": f"pytorch {torch.__version__}", "mode": mode, "shape": shape, "device": name,
                 "dtype": args.dtype, "batch": args.batch, "seq": args.seq, "steps": args.steps,
                 "seconds_per_step": secs, "tokens_per_s": args.batch * args.seq / secs,
+                "median_seconds_per_step": statistics.median(sum(p) for p in timed),
+                "median_forward_seconds": med(0), "median_backward_seconds": med(1),
+                "median_optimizer_seconds": med(2),
                 "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(),
                 "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             }), flush=True)
+            phases = f"; fwd {med(0) * 1e3:.1f} bwd {med(1) * 1e3:.1f} opt {med(2) * 1e3:.1f}" if train else ""
             print(f"pytorch {mode:5} {shape:5} {args.batch * args.seq / secs:9.0f} tokens/s  "
-                  f"{secs * 1e3:7.1f} ms/step", file=sys.stderr)
+                  f"{secs * 1e3:7.1f} ms/step (median {statistics.median(sum(p) for p in timed) * 1e3:.1f}{phases})",
+                  file=sys.stderr)
 
 
 def read_lines(path):

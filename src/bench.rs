@@ -4,7 +4,9 @@
 //! benchmark tables use, plus segmentation speed on a text file.
 //!
 //! The same shapes, batch and step are measured for PyTorch by
-//! `scripts/bench_peers.py`, so the two can be compared in one run.
+//! `scripts/bench_peers.py`, so the two can be compared in one run. The kernel
+//! benchmarks (`cargo bench --bench kernels`) take their sizes from [`Shape`],
+//! [`BATCH`] and [`SEQ`] too: this is the one table of benchmark shapes.
 
 use crate::model::{masked_cross_entropy, BertConfig, BertForTokenClassification, DropoutRng};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
@@ -14,6 +16,11 @@ use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
+
+/// Sequences per benchmark batch (`cws bench model --batch`'s default).
+pub const BATCH: usize = 16;
+/// Tokens per benchmark sequence (`cws bench model --seq`'s default).
+pub const SEQ: usize = 128;
 
 /// Model shapes of the benchmark tables (vocabulary of bert-base-chinese).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -28,12 +35,17 @@ pub enum Shape {
 }
 
 impl Shape {
-    pub fn config(self) -> BertConfig {
-        let (h, l, heads, inter) = match self {
+    /// (hidden, layers, heads, intermediate).
+    pub fn dims(self) -> (usize, usize, usize, usize) {
+        match self {
             Shape::Tiny => (128, 2, 2, 512),
             Shape::Small => (256, 4, 4, 1024),
             Shape::Base => (768, 12, 12, 3072),
-        };
+        }
+    }
+
+    pub fn config(self) -> BertConfig {
+        let (h, l, heads, inter) = self.dims();
         let json = serde_json::json!({
             "vocab_size": 21128, "hidden_size": h, "num_hidden_layers": l, "num_attention_heads": heads,
             "intermediate_size": inter, "hidden_act": "gelu", "max_position_embeddings": 512,
@@ -43,19 +55,37 @@ impl Shape {
     }
 }
 
+/// Which matrix products the model runs: OpenBLAS through [`crate::blas`]
+/// (where a library is found), or candle's own matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Matmul {
+    Blas,
+    Candle,
+}
+
 /// What one measurement found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
     pub system: &'static str,
     pub mode: &'static str,
     pub shape: Shape,
+    /// The matmul path that ran: the BLAS library's name, or "candle".
+    pub matmul: String,
     pub device: String,
     pub dtype: String,
     pub batch: usize,
     pub seq: usize,
     pub steps: usize,
+    /// Mean over the timed steps.
     pub seconds_per_step: f64,
     pub tokens_per_s: f64,
+    /// Median over the timed steps, and of its phases for a training step:
+    /// forward + loss, backward, clipping + AdamW.
+    pub median_seconds_per_step: f64,
+    pub median_forward_seconds: Option<f64>,
+    pub median_backward_seconds: Option<f64>,
+    pub median_optimizer_seconds: Option<f64>,
     /// Peak resident memory of this process so far (Linux), in MiB.
     pub peak_rss_mib: Option<f64>,
     pub threads: usize,
@@ -103,6 +133,7 @@ pub struct Case {
     pub shape: Shape,
     /// A training step, else an inference forward pass.
     pub train: bool,
+    pub matmul: Matmul,
     pub batch: usize,
     pub seq: usize,
     /// Untimed steps before the timed ones.
@@ -111,12 +142,22 @@ pub struct Case {
     pub dtype: DType,
 }
 
+/// Seconds of one step's phases: forward (+ loss), backward, optimizer; an
+/// inference step is all forward.
+type Phases = [f64; 3];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// Times `steps` training steps (after `warmup` untimed ones) or inference
 /// forward passes of a fresh model of `shape`.
 pub fn measure(case: Case, device: &Device) -> Result<Measurement> {
     let Case {
         shape,
         train,
+        matmul,
         batch: batch_size,
         seq,
         warmup,
@@ -126,21 +167,21 @@ pub fn measure(case: Case, device: &Device) -> Result<Measurement> {
     if !(3..=512).contains(&seq) || batch_size == 0 || steps == 0 {
         bail!("need 3 ≤ seq ≤ 512, batch ≥ 1 and steps ≥ 1");
     }
+    crate::blas::set_enabled(matmul == Matmul::Blas);
+    let matmul_name = match (device, crate::blas::backend()) {
+        (Device::Cpu, Some(lib)) => lib.to_string(),
+        (Device::Cpu, None) => "candle".to_string(),
+        _ => "device".to_string(),
+    };
     let cfg = shape.config();
     let varmap = VarMap::new();
     let model = BertForTokenClassification::new_random(&varmap, &cfg, 0, dtype, device)?;
     let (ids, mask, labels) = batch(&cfg, batch_size, seq, device)?;
     let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
     let vars = opt.vars();
-    let mut step = |k: usize| -> Result<()> {
-        if train {
-            let mut rng = DropoutRng::new(k as u64);
-            let logits = model.forward(&ids, &mask, Some(&mut rng))?;
-            let loss = masked_cross_entropy(&logits, &labels)?;
-            let grads = model.backward(&loss)?;
-            let clip = clip_grad_norm(&grads, &vars, 1.0)?;
-            opt.step(&grads, 1e-4, clip.scale)?;
-        } else {
+    let mut step = |k: usize| -> Result<Phases> {
+        let t0 = Instant::now();
+        if !train {
             let logits = model.forward(&ids, &mask, None)?;
             // Reading one value back waits for the device to finish.
             logits
@@ -148,22 +189,38 @@ pub fn measure(case: Case, device: &Device) -> Result<Measurement> {
                 .to_dtype(DType::F32)?
                 .sum_all()?
                 .to_scalar::<f32>()?;
+            device.synchronize()?;
+            return Ok([t0.elapsed().as_secs_f64(), 0.0, 0.0]);
         }
+        let mut rng = DropoutRng::new(k as u64);
+        let logits = model.forward(&ids, &mask, Some(&mut rng))?;
+        let loss = masked_cross_entropy(&logits, &labels)?;
         device.synchronize()?;
-        Ok(())
+        let t1 = Instant::now();
+        let grads = model.backward(&loss)?;
+        device.synchronize()?;
+        let t2 = Instant::now();
+        let clip = clip_grad_norm(&grads, &vars, 1.0)?;
+        opt.step(&grads, 1e-4, clip.scale)?;
+        device.synchronize()?;
+        let t3 = Instant::now();
+        Ok([t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64()))
     };
     for k in 0..warmup {
         step(k)?;
     }
-    let t0 = Instant::now();
+    let mut timed = Vec::with_capacity(steps);
     for k in 0..steps {
-        step(warmup + k)?;
+        timed.push(step(warmup + k)?);
     }
-    let secs = t0.elapsed().as_secs_f64() / steps as f64;
+    let phase = |i: usize| median(timed.iter().map(|p| p[i]).collect());
+    let totals: Vec<f64> = timed.iter().map(|p| p.iter().sum()).collect();
+    let secs = totals.iter().sum::<f64>() / steps as f64;
     Ok(Measurement {
         system: "cws",
         mode: if train { "train" } else { "infer" },
         shape,
+        matmul: matmul_name,
         device: format!("{device:?}"),
         dtype: format!("{dtype:?}").to_lowercase(),
         batch: batch_size,
@@ -171,7 +228,29 @@ pub fn measure(case: Case, device: &Device) -> Result<Measurement> {
         steps,
         seconds_per_step: secs,
         tokens_per_s: (batch_size * seq) as f64 / secs,
+        median_seconds_per_step: median(totals),
+        median_forward_seconds: train.then(|| phase(0)),
+        median_backward_seconds: train.then(|| phase(1)),
+        median_optimizer_seconds: train.then(|| phase(2)),
         peak_rss_mib: peak_rss_mib(),
         threads: rayon::current_num_threads(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shape;
+    use clap::ValueEnum;
+
+    /// scripts/bench_peers.py times PyTorch on the shapes of this table.
+    #[test]
+    fn peers_script_uses_the_same_shapes() {
+        let script = include_str!("../scripts/bench_peers.py");
+        for shape in Shape::value_variants() {
+            let (h, l, heads, inter) = shape.dims();
+            let name = format!("{shape:?}").to_lowercase();
+            let row = format!("\"{name}\": ({h}, {l}, {heads}, {inter}),");
+            assert!(script.contains(&row), "scripts/bench_peers.py lacks {row}");
+        }
+    }
 }

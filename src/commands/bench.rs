@@ -2,7 +2,7 @@
 //! segmentation, as JSON lines on stdout. docs/BENCHMARKS.md runs it next to
 //! the peers (PyTorch, jieba, pkuseg) measured by scripts/bench_peers.py.
 
-use crate::bench::{measure, peak_rss_mib, Case, Shape};
+use crate::bench::{measure, peak_rss_mib, Case, Matmul, Shape, BATCH, SEQ};
 use crate::commands::segment::{default_model, set_threads};
 use crate::config::{open_device, parse_device};
 use crate::dict::Dictionary;
@@ -16,6 +16,7 @@ use std::time::Instant;
 pub const EXAMPLES: &str = "Examples:
   cws bench model --mode train --shape tiny --shape small --threads 2
   cws bench model --mode infer --shape base --device cuda --dtype bf16
+  cws bench model --shape tiny --matmul blas --matmul candle --warmup 1 --steps 3 --threads 2
   cws bench segment --input pku_test.utf8 --model models/pku --threads 2";
 
 #[derive(Debug, clap::Args)]
@@ -46,9 +47,13 @@ pub struct ModelArgs {
     /// Model shapes to measure (repeat the flag for several).
     #[arg(long, value_enum, default_values = ["tiny", "small"])]
     pub shape: Vec<Shape>,
-    #[arg(long, default_value_t = 16)]
+    /// Matrix products through OpenBLAS (when found) or candle's matmul, CPU
+    /// only; repeat the flag to time both, one after the other.
+    #[arg(long, value_enum, default_values = ["blas"])]
+    pub matmul: Vec<Matmul>,
+    #[arg(long, default_value_t = BATCH)]
     pub batch: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = SEQ)]
     pub seq: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
@@ -112,30 +117,53 @@ fn run_model(a: ModelArgs) -> Result<()> {
         Mode::Infer => &[false],
         Mode::Both => &[true, false],
     };
+    if a.matmul.contains(&Matmul::Blas) && device.is_cpu() && crate::blas::backend().is_none() {
+        eprintln!("cws: no BLAS library found: --matmul blas runs candle's matmul");
+    }
     for &shape in &a.shape {
-        for &train in modes {
-            let case = Case {
-                shape,
-                train,
-                batch: a.batch,
-                seq: a.seq,
-                warmup: a.warmup,
-                steps: a.steps,
-                dtype,
-            };
-            let m = measure(case, &device)?;
-            println!("{}", serde_json::to_string(&m)?);
-            eprintln!(
-                "cws {:5} {:5} {:>9.0} tokens/s  {:7.1} ms/step  peak RSS {:.0} MiB",
-                m.mode,
-                format!("{:?}", shape).to_lowercase(),
-                m.tokens_per_s,
-                m.seconds_per_step * 1e3,
-                m.peak_rss_mib.unwrap_or(f64::NAN)
-            );
+        for &matmul in &a.matmul {
+            for &train in modes {
+                let case = Case {
+                    shape,
+                    train,
+                    matmul,
+                    batch: a.batch,
+                    seq: a.seq,
+                    warmup: a.warmup,
+                    steps: a.steps,
+                    dtype,
+                };
+                let m = measure(case, &device)?;
+                println!("{}", serde_json::to_string(&m)?);
+                report(&m);
+            }
         }
     }
     Ok(())
+}
+
+/// One line on stderr: throughput, and the step's median and phases.
+fn report(m: &crate::bench::Measurement) {
+    let ms = |s: Option<f64>| s.map_or(String::new(), |s| format!("{:.1}", s * 1e3));
+    let phases = match m.median_forward_seconds {
+        Some(_) => format!(
+            "; fwd {} bwd {} opt {}",
+            ms(m.median_forward_seconds),
+            ms(m.median_backward_seconds),
+            ms(m.median_optimizer_seconds)
+        ),
+        None => String::new(),
+    };
+    eprintln!(
+        "cws {:5} {:5} {:>9.0} tokens/s  {:7.1} ms/step (median {:.1}{phases})  matmul {}  peak RSS {:.0} MiB",
+        m.mode,
+        format!("{:?}", m.shape).to_lowercase(),
+        m.tokens_per_s,
+        m.seconds_per_step * 1e3,
+        m.median_seconds_per_step * 1e3,
+        m.matmul,
+        m.peak_rss_mib.unwrap_or(f64::NAN)
+    );
 }
 
 fn run_segment(a: SegmentArgs) -> Result<()> {
