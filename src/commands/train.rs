@@ -7,7 +7,7 @@
 use super::signals;
 use crate::config::{resolve_paths, TrainConfig};
 use crate::output::{folder_state, foreign_files_error, FolderState};
-use crate::train::{train, Progress, Summary};
+use crate::train::{train, Event, Progress, Summary};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -39,8 +39,10 @@ pub struct Args {
     /// word is a string); repeatable. Unknown keys are errors.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// bar: a progress bar (on a terminal) and a line per dev score; quiet:
+    /// notes only. The metrics log is written either way.
     #[arg(long, value_enum, default_value = "bar")]
-    pub progress: Progress,
+    pub progress: ProgressStyle,
     /// Override `model`.
     #[arg(long)]
     pub model: Option<String>,
@@ -336,8 +338,57 @@ pub fn run(args: Args) -> Result<()> {
     check_inputs(&cfg)?;
     prepare_output_dir(&cfg.output_dir, &args)?;
     signals::install();
-    let s = train(&cfg, args.resume, args.progress)?;
+    let bar = std::cell::RefCell::new(indicatif::ProgressBar::hidden());
+    let show = |event: Event<'_>| draw(&bar, args.progress, event);
+    let s = train(&cfg, args.resume, Progress::Report(&show))?;
     report(&s)
+}
+
+/// How `cws train` shows progress on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressStyle {
+    Bar,
+    Quiet,
+}
+
+/// Shows one event of a run: a fresh bar for each run or cross-fitted copy
+/// (hidden with `--progress quiet`, which prints only the notes).
+fn draw(bar: &std::cell::RefCell<indicatif::ProgressBar>, style: ProgressStyle, event: Event<'_>) {
+    let mut bar = bar.borrow_mut();
+    match event {
+        Event::Note(line) => bar.suspend(|| eprintln!("{line}")),
+        Event::Started { total, at } => {
+            *bar = match style {
+                ProgressStyle::Bar => indicatif::ProgressBar::new(total),
+                ProgressStyle::Quiet => indicatif::ProgressBar::hidden(),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(at);
+        }
+        Event::Step {
+            step,
+            loss,
+            lr,
+            units_per_s,
+        } => {
+            bar.set_position(step);
+            bar.set_message(format!(
+                "loss {loss:.4}  lr {lr:.2e}  {units_per_s:.0} units/s"
+            ));
+        }
+        Event::Evaluated { step, dev, best_f1 } => bar.println(format!(
+            "step {step}: dev F1 {:.4} (P {:.4} R {:.4}), best {best_f1:.4}",
+            dev.f1(),
+            dev.precision(),
+            dev.recall()
+        )),
+        Event::Finished => bar.finish_and_clear(),
+    }
 }
 
 /// The closing message, true to what is on disk, and the exit status: an

@@ -45,13 +45,45 @@ pub fn request_stop() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// How progress is shown on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Progress {
-    /// An indicatif bar (drawn only on a terminal).
-    Bar,
-    /// Nothing but the final summary; the metrics log is still written.
+/// What a run tells whoever shows its progress (`cws train` draws a bar).
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'e> {
+    /// A line for the user: what is being trained, a note about the data.
+    Note(&'e str),
+    /// Steps start (again, for each cross-fitted copy): `total` in all, `at` done.
+    Started { total: u64, at: u64 },
+    /// A step is done: its number, the smoothed loss, the learning rate.
+    Step {
+        step: u64,
+        loss: f64,
+        lr: f64,
+        units_per_s: f64,
+    },
+    /// Dev was scored after `step`.
+    Evaluated {
+        step: u64,
+        dev: &'e Counts,
+        best_f1: f64,
+    },
+    /// The steps of this run (or copy) are over.
+    Finished,
+}
+
+/// Where a run's [`Event`]s go; the metrics log is written either way.
+#[derive(Clone, Copy)]
+pub enum Progress<'p> {
+    /// Nowhere.
     Quiet,
+    /// To this function.
+    Report(&'p dyn Fn(Event<'_>)),
+}
+
+impl Progress<'_> {
+    fn report(&self, event: Event<'_>) {
+        if let Progress::Report(f) = self {
+            f(event)
+        }
+    }
 }
 
 /// What a run ended with.
@@ -69,7 +101,7 @@ pub struct Summary {
 }
 
 /// Runs (or resumes) training as configured.
-pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress) -> Result<Summary> {
+pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress<'_>) -> Result<Summary> {
     train_until(cfg, resume, progress, None)
 }
 
@@ -78,16 +110,16 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: Progress) -> Result<Summ
 pub fn train_until(
     cfg: &TrainConfig,
     resume: bool,
-    progress: Progress,
+    progress: Progress<'_>,
     stop_after: Option<u64>,
 ) -> Result<Summary> {
     let resume_from = state::resume_point(cfg, resume)?;
     let data = load_data(cfg)?;
     if data.inner_boundaries > 0 {
-        eprintln!(
+        progress.report(Event::Note(&format!(
             "note: {} gold word boundaries fall inside a number or Latin unit and cannot be learned",
             data.inner_boundaries
-        );
+        )));
     }
     state::save_run_config(cfg)?;
     let copies = match crossfit_copies(cfg, progress)? {
@@ -108,7 +140,7 @@ pub fn train_until(
 /// of the copy an interrupt stopped (`--resume` carries on from there).
 fn crossfit_copies(
     cfg: &TrainConfig,
-    progress: Progress,
+    progress: Progress<'_>,
 ) -> Result<std::result::Result<Vec<PathBuf>, Summary>> {
     let n = cfg.crossfit_folds;
     let mut dirs = Vec::with_capacity(n);
@@ -124,12 +156,12 @@ fn crossfit_copies(
             .then(|| state::read_state(&last))
             .transpose()?;
         if state.as_ref().is_none_or(|s| s.step < s.total_steps) {
-            eprintln!(
+            progress.report(Event::Note(&format!(
                 "cross-fitting: copy {} of {n}, without training sentences {k}, {}, {}, …",
                 k + 1,
                 k + n,
                 k + 2 * n
-            );
+            )));
             // A copy that was started resumes (from step 0 if it never saved).
             let started = c.output_dir.join("config.toml").is_file();
             let s = train_until(&c, started, progress, None)?;
@@ -160,7 +192,7 @@ pub(crate) struct Trainer<'a> {
     words: Option<HashSet<String>>,
     biases: Vec<f32>,
     log: state::MetricsLog,
-    bar: indicatif::ProgressBar,
+    progress: Progress<'a>,
     units_done: usize,
     loss_ema: Option<f64>,
     last_dev: Option<Counts>,
@@ -175,7 +207,7 @@ impl<'a> Trainer<'a> {
         resume: bool,
         resume_from: Option<&Path>,
         copies: &[PathBuf],
-        progress: Progress,
+        progress: Progress<'a>,
     ) -> Result<Self> {
         let resumed = resume_from.map(state::read_state).transpose()?;
         let words = cfg.words.as_deref().map(read_word_set).transpose()?;
@@ -215,7 +247,7 @@ impl<'a> Trainer<'a> {
         };
         // Resumed (even from no checkpoint): log lines after the state's step go.
         let log = state::MetricsLog::open(&cfg.output_dir, resume.then_some(state.step))?;
-        eprintln!(
+        progress.report(Event::Note(&format!(
             "training on {} windows ({} sentences), {} dev sentences, {} steps of batch {} on {:?}",
             train_windows.len(),
             data.train.len(),
@@ -223,9 +255,13 @@ impl<'a> Trainer<'a> {
             total,
             cfg.batch_size,
             tagger.device
-        );
+        )));
+        progress.report(Event::Started {
+            total,
+            at: state.step,
+        });
         Ok(Self {
-            bar: progress_bar(progress, total, state.step),
+            progress,
             lengths: train_windows.iter().map(|w| w.ids.len()).collect(),
             eval_every: if cfg.eval_every == 0 {
                 per_epoch
@@ -327,28 +363,26 @@ impl<'a> Trainer<'a> {
         let ema = self.loss_ema.map_or(r.loss, |e| 0.98 * e + 0.02 * r.loss);
         self.loss_ema = Some(ema);
         let rate = self.units_done as f64 / self.log.elapsed();
-        self.bar.set_position(self.state.step);
-        self.bar
-            .set_message(format!("loss {ema:.4}  lr {:.2e}  {rate:.0} units/s", r.lr));
+        self.progress.report(Event::Step {
+            step: self.state.step,
+            loss: ema,
+            lr: r.lr,
+            units_per_s: rate,
+        });
         self.log.write(serde_json::json!({
             "step": self.state.step, "epoch": self.state.epoch, "loss": r.loss, "lr": r.lr,
             "grad_norm": r.grad_norm, "units_per_s": rate, "elapsed_s": self.log.elapsed(),
         }))
     }
 
-    /// [`Trainer::evaluate_and_save`] with the bar out of the way, and a line
-    /// saying how it went.
+    /// [`Trainer::evaluate_and_save`], reported.
     fn evaluate_and_report(&mut self) -> Result<()> {
-        let bar = self.bar.clone();
-        let c = bar.suspend(|| self.evaluate_and_save())?;
-        bar.println(format!(
-            "step {}: dev F1 {:.4} (P {:.4} R {:.4}), best {:.4}",
-            self.state.step,
-            c.f1(),
-            c.precision(),
-            c.recall(),
-            self.state.best_dev_f1.unwrap_or(0.0)
-        ));
+        let c = self.evaluate_and_save()?;
+        self.progress.report(Event::Evaluated {
+            step: self.state.step,
+            dev: &c,
+            best_f1: self.state.best_dev_f1.unwrap_or(0.0),
+        });
         self.last_dev = Some(c);
         Ok(())
     }
@@ -395,7 +429,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn finish(self, interrupted: bool) -> Summary {
-        self.bar.finish_and_clear();
+        self.progress.report(Event::Finished);
         Summary {
             steps: self.state.step,
             best_dev_f1: self.state.best_dev_f1,
@@ -405,19 +439,4 @@ impl<'a> Trainer<'a> {
             output_dir: self.cfg.output_dir.clone(),
         }
     }
-}
-
-fn progress_bar(progress: Progress, total: u64, at: u64) -> indicatif::ProgressBar {
-    let bar = match progress {
-        Progress::Bar => indicatif::ProgressBar::new(total),
-        Progress::Quiet => indicatif::ProgressBar::hidden(),
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(at);
-    bar
 }
