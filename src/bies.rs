@@ -28,6 +28,8 @@ pub enum Label {
 
 pub const LABELS: [Label; 4] = [Label::B, Label::I, Label::E, Label::S];
 pub const NUM_LABELS: usize = 4;
+/// The labels' names, as `id2label` in config.json gives them.
+pub const LABEL_NAMES: [&str; NUM_LABELS] = ["B", "I", "E", "S"];
 
 impl Label {
     pub fn id(self) -> usize {

@@ -214,7 +214,35 @@ pub const PATH_FIELDS: [&str; 8] = [
     "vocab",
 ];
 
+/// Where a run's soft targets come from: the config's `distill_from` and
+/// `crossfit_folds` are two sources, and validation keeps them apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SoftSource<'a> {
+    /// Gold labels only.
+    None,
+    /// Trained models (`distill_from`), mixed in with `weight`.
+    Teachers { models: &'a [PathBuf], weight: f64 },
+    /// `folds` copies of the recipe, each labelling the sentences it did not
+    /// train on (`crossfit_folds`), mixed in with `weight`.
+    CrossFit { folds: usize, weight: f64 },
+}
+
 impl TrainConfig {
+    /// The run's source of soft targets (the config is validated: at most one).
+    pub fn soft_source(&self) -> SoftSource<'_> {
+        match (self.crossfit_folds, self.distill_from.as_slice()) {
+            (0, []) => SoftSource::None,
+            (0, models) => SoftSource::Teachers {
+                models,
+                weight: self.distill_weight,
+            },
+            (folds, _) => SoftSource::CrossFit {
+                folds,
+                weight: self.crossfit_weight,
+            },
+        }
+    }
+
     /// Parses a config file: `${VAR}` in its paths is expanded and relative
     /// paths are resolved against the file's own folder.
     pub fn load(path: &Path) -> Result<Self> {

@@ -6,7 +6,8 @@
 //! lower-cased (bert-base-chinese is uncased), then falls back to `[UNK]`.
 
 use crate::bies::Label;
-use crate::features::{BatchFeatures, UnitFeatures};
+use crate::features::UnitFeatures;
+use crate::model::BatchFeatures;
 use crate::units::Unit;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -72,12 +73,20 @@ impl Vocab {
             }
             tokens
         } else {
-            crate::corpus::read_lines(path)?
-                .into_iter()
-                .map(|l| l.text)
-                .collect()
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            return Self::from_vocab_txt(&bytes, &path.display().to_string());
         };
         Self::from_tokens(tokens).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses a `vocab.txt` (one token per line); `name` says which in errors.
+    pub fn from_vocab_txt(bytes: &[u8], name: &str) -> Result<Self> {
+        let tokens = crate::corpus::lines_from_bytes(name, bytes)?
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        Self::from_tokens(tokens).with_context(|| format!("in {name}"))
     }
 
     /// A vocabulary of the special tokens plus every unit key seen in `keys`

@@ -12,6 +12,7 @@
 //! (`lexicon.safetensors`), not as text: what the model needs is membership, and
 //! hashes keep a model folder from carrying a copy of the list it was trained with.
 
+use crate::model::BatchFeatures;
 use crate::units::split_units;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -22,16 +23,6 @@ use std::path::Path;
 /// of 2, 3, 4, ≥5 units starts here; 5..=8 = one ends here; 9 = the unit lies
 /// strictly inside a word.
 pub const LEXICON_FEATURES: usize = 10;
-
-/// Config keys (in `config.json`) that switch the features on.
-pub const LEXICON_KEY: &str = "cws_lexicon_features";
-pub const BIGRAM_KEY: &str = "cws_bigram_buckets";
-/// File name of the hashed word list inside a model folder.
-pub const LEXICON_FILE: &str = "lexicon.safetensors";
-/// Config key and file of the set of bigrams seen in training (hashed): other
-/// bigrams share the "unseen" embedding instead of a bucket trained for others.
-pub const BIGRAM_SEEN_KEY: &str = "cws_bigram_seen";
-pub const BIGRAM_SEEN_FILE: &str = "bigrams.safetensors";
 
 /// A stable hash of a word's unit keys (the key of its lexicon entry).
 pub fn word_hash(word: &str) -> u64 {
@@ -149,18 +140,26 @@ impl Lexicon {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Reads the file a model folder holds; see [`Self::from_bytes`].
     pub fn load(path: &Path) -> Result<Self> {
-        let t = candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("cannot read the lexicon {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses the file's content; `name` says which file in errors.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
+        let t = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .with_context(|| format!("cannot read the lexicon {}", name))?;
         let get = |name: &str| -> Result<Vec<i64>> {
             t.get(name)
-                .with_context(|| format!("{} lacks the tensor {name:?}", path.display()))?
+                .with_context(|| format!("{} lacks the tensor {name:?}", name))?
                 .to_vec1::<i64>()
-                .with_context(|| format!("{}: {name:?} is not a 1-D i64 tensor", path.display()))
+                .with_context(|| format!("{}: {name:?} is not a 1-D i64 tensor", name))
         };
         let max_units = *get("max_units")?
             .first()
-            .with_context(|| format!("{}: empty max_units", path.display()))?;
+            .with_context(|| format!("{}: empty max_units", name))?;
         Ok(Lexicon {
             hashes: get("hashes")?.into_iter().map(|h| h as u64).collect(),
             max_units: max_units.max(0) as usize,
@@ -221,8 +220,6 @@ pub struct ListStats {
 pub const STAT_BINS: usize = 9;
 /// Statistic feature bits per unit: begins, inside, ends, left pair, right pair.
 pub const LIST_STAT_FEATURES: usize = 5 * STAT_BINS;
-/// File of the statistics inside a model folder.
-pub const LIST_STATS_FILE: &str = "liststats.safetensors";
 
 fn count_bin(n: u32) -> usize {
     if n == 0 {
@@ -356,14 +353,22 @@ impl ListStats {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Reads the file a model folder holds; see [`Self::from_bytes`].
     pub fn load(path: &Path) -> Result<Self> {
-        let t = candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("cannot read the word-list statistics {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses the file's content; `name` says which file in errors.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
+        let t = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .with_context(|| format!("cannot read the word-list statistics {}", name))?;
         let get = |name: &str| {
             t.get(name)
-                .with_context(|| format!("{} lacks the tensor {name:?}", path.display()))
+                .with_context(|| format!("{} lacks the tensor {name:?}", name))
         };
-        let bad = |name: &str| format!("{}: {name:?} has the wrong type or shape", path.display());
+        let bad = |name: &str| format!("{}: {name:?} has the wrong type or shape", name);
         let unit_hashes = get("unit_hashes")?
             .to_vec1::<i64>()
             .with_context(|| bad("unit_hashes"))?;
@@ -380,7 +385,7 @@ impl ListStats {
             || pair_hashes.len() != pair_counts.len()
             || unit_counts.iter().any(|c| c.len() != 3)
         {
-            bail!("{}: hashes and counts differ in length", path.display());
+            bail!("{}: hashes and counts differ in length", name);
         }
         Ok(ListStats {
             units: unit_hashes
@@ -398,14 +403,6 @@ impl ListStats {
 }
 
 /// The path of `file` in a model folder whose config says it uses `what`.
-fn required(dir: &Path, file: &str, what: &str) -> Result<std::path::PathBuf> {
-    let path = dir.join(file);
-    if !path.is_file() {
-        bail!("the model uses {what} but {} is missing", path.display());
-    }
-    Ok(path)
-}
-
 /// Which features a model reads, and what they need (its lexicon).
 #[derive(Debug, Clone, Default)]
 pub struct FeatureSpec {
@@ -450,60 +447,6 @@ impl UnitFeatures {
 impl FeatureSpec {
     pub fn is_empty(&self) -> bool {
         self.lexicon.is_none() && self.bigram_buckets == 0
-    }
-
-    /// Reads the features a model config asks for; the lexicon comes from
-    /// `lexicon.safetensors` in `dir`.
-    pub fn for_model(config: &crate::model::BertConfig, dir: &Path) -> Result<Self> {
-        let width = config
-            .extra
-            .get(LEXICON_KEY)
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0) as usize;
-        let with_stats = match width {
-            0 => None,
-            LEXICON_FEATURES => Some(false),
-            n if n == LEXICON_FEATURES + LIST_STAT_FEATURES => Some(true),
-            n => bail!(
-                "{LEXICON_KEY} = {n}, but this cws reads {LEXICON_FEATURES} lexicon features, or {} with word-list statistics",
-                LEXICON_FEATURES + LIST_STAT_FEATURES
-            ),
-        };
-        let list_stats = match with_stats {
-            Some(true) => Some(ListStats::load(&required(
-                dir,
-                LIST_STATS_FILE,
-                "word-list statistics",
-            )?)?),
-            _ => None,
-        };
-        let lexicon = match with_stats {
-            Some(_) => Some(Lexicon::load(&required(
-                dir,
-                LEXICON_FILE,
-                "lexicon features",
-            )?)?),
-            None => None,
-        };
-        let bigram_buckets = config
-            .extra
-            .get(BIGRAM_KEY)
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0) as usize;
-        let bigram_seen = match config.extra.get(BIGRAM_SEEN_KEY).and_then(|v| v.as_bool()) {
-            Some(true) => Some(Lexicon::load(&required(
-                dir,
-                BIGRAM_SEEN_FILE,
-                "a seen-bigram list",
-            )?)?),
-            _ => None,
-        };
-        Ok(FeatureSpec {
-            lexicon,
-            bigram_buckets,
-            bigram_seen,
-            list_stats,
-        })
     }
 
     /// Takes listed words (given by unit keys) out of the lexicon and out of
@@ -610,23 +553,7 @@ impl FeatureSpec {
     }
 }
 
-/// Padded feature tensors of a batch, laid out like its `input_ids` ([CLS] at 0).
-pub struct BatchFeatures {
-    /// f32 `[b, t, LEXICON_FEATURES]` of 0/1, `+ LIST_STAT_FEATURES` columns
-    /// with word-list statistics.
-    pub lexicon: Option<Tensor>,
-    /// u32 `[b, t, 2]` bucket ids.
-    pub bigrams: Option<Tensor>,
-}
-
 impl BatchFeatures {
-    pub fn none() -> Self {
-        BatchFeatures {
-            lexicon: None,
-            bigrams: None,
-        }
-    }
-
     /// `rows[r]` holds row r's units, which start at position 1 of a row of `t`.
     pub fn build(rows: &[&UnitFeatures], t: usize, device: &Device) -> Result<Self> {
         let b = rows.len();
@@ -751,7 +678,7 @@ mod tests {
         assert!(!spec.lexicon.as_ref().unwrap().contains("大学"));
         // And they survive a round trip through a model folder's file.
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LIST_STATS_FILE);
+        let path = dir.path().join(crate::model_dir::LIST_STATS_FILE);
         spec.list_stats.as_ref().unwrap().save(&path).unwrap();
         assert_eq!(
             ListStats::load(&path).unwrap().bits(&k, &pairs),
@@ -780,8 +707,9 @@ mod tests {
     fn lexicon_survives_a_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let lex = Lexicon::from_words(["中国", "人民银行"]);
-        lex.save(&dir.path().join(LEXICON_FILE)).unwrap();
-        let back = Lexicon::load(&dir.path().join(LEXICON_FILE)).unwrap();
+        lex.save(&dir.path().join(crate::model_dir::LEXICON_FILE))
+            .unwrap();
+        let back = Lexicon::load(&dir.path().join(crate::model_dir::LEXICON_FILE)).unwrap();
         assert!(back.contains("人民银行") && back.contains("中国") && !back.contains("人民"));
         assert_eq!(back.features(&keys("人民银行"), None)[0], 1 << 3);
     }

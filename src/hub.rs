@@ -43,6 +43,8 @@ pub const DEFAULT_REVISION: &str = "main";
 /// Seconds allowed for the hub's metadata request when `HF_HUB_ETAG_TIMEOUT` is unset
 /// (the same default as Python's `huggingface_hub`).
 pub const DEFAULT_METADATA_TIMEOUT_SECS: u64 = 10;
+/// Seconds a download may stall, as `huggingface_hub`'s `HF_HUB_DOWNLOAD_TIMEOUT`.
+pub const DEFAULT_DOWNLOAD_TIMEOUT_SECS: u64 = 10;
 
 /// A parsed model-source argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +84,8 @@ pub struct HubSettings {
     pub token: Option<String>,
     /// Limit on the metadata request that precedes downloads.
     pub metadata_timeout: Duration,
+    /// A download that receives no byte for this long is abandoned.
+    pub download_timeout: Duration,
     /// Show hf-hub's download progress bars.
     pub progress: bool,
 }
@@ -95,6 +99,7 @@ impl HubSettings {
             endpoint: None,
             token: None,
             metadata_timeout: Duration::from_secs(DEFAULT_METADATA_TIMEOUT_SECS),
+            download_timeout: Duration::from_secs(DEFAULT_DOWNLOAD_TIMEOUT_SECS),
             progress: false,
         }
     }
@@ -112,6 +117,8 @@ impl HubSettings {
     /// * `HF_ENDPOINT` — hub URL, e.g. a mirror.
     /// * `HF_TOKEN` — access token; else the file `$HF_TOKEN_PATH`, else `$HF_HOME/token`.
     /// * `HF_HUB_ETAG_TIMEOUT` — seconds for the metadata request (default 10).
+    /// * `HF_HUB_DOWNLOAD_TIMEOUT` — seconds a download may go without receiving a byte
+    ///   (default 10).
     /// * `HF_HUB_DISABLE_PROGRESS_BARS` — set to a true value to hide download progress.
     ///
     /// Empty values count as unset.
@@ -135,17 +142,22 @@ impl HubSettings {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
         });
-        let metadata_timeout = var("HF_HUB_ETAG_TIMEOUT")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
-            .unwrap_or(Duration::from_secs(DEFAULT_METADATA_TIMEOUT_SECS));
+        let seconds = |name: &str, default: u64| {
+            var(name)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .unwrap_or(Duration::from_secs(default))
+        };
+        let metadata_timeout = seconds("HF_HUB_ETAG_TIMEOUT", DEFAULT_METADATA_TIMEOUT_SECS);
+        let download_timeout = seconds("HF_HUB_DOWNLOAD_TIMEOUT", DEFAULT_DOWNLOAD_TIMEOUT_SECS);
         HubSettings {
             cache_dir,
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v)),
             endpoint: var("HF_ENDPOINT"),
             token,
             metadata_timeout,
+            download_timeout,
             progress: !var("HF_HUB_DISABLE_PROGRESS_BARS").is_some_and(|v| is_truthy(&v)),
         }
     }
@@ -386,12 +398,12 @@ pub fn cached_file(cache_dir: &Path, repo_id: &str, revision: &str, file: &str) 
 }
 
 /// One file the model needs, with acceptable alternatives in order of preference.
-struct Need {
-    what: &'static str,
-    names: &'static [&'static str],
+struct Need<'a> {
+    what: &'a str,
+    names: &'a [&'a str],
 }
 
-const NEEDS: [Need; 3] = [
+const NEEDS: [Need<'static>; 3] = [
     Need {
         what: "config",
         names: &[CONFIG_FILE],
@@ -407,8 +419,40 @@ const NEEDS: [Need; 3] = [
 ];
 
 fn resolve_hub(repo_id: &str, revision: &str, settings: &HubSettings) -> Result<ModelFiles> {
+    fetch(repo_id, revision, settings, &NEEDS).map(files_from)
+}
+
+/// The files `names` of a hub model (beyond config, tokenizer and weights:
+/// those its config asks for), from the cache or downloaded like the weights.
+pub fn fetch_files(
+    repo_id: &str,
+    revision: &str,
+    settings: &HubSettings,
+    names: &[&str],
+) -> Result<Vec<PathBuf>> {
+    let singles: Vec<[&str; 1]> = names.iter().map(|n| [*n]).collect();
+    let needs: Vec<Need> = singles
+        .iter()
+        .map(|n| Need {
+            what: "model",
+            names: n,
+        })
+        .collect();
+    Ok(fetch(repo_id, revision, settings, &needs)?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Each need's file: from the cache, else downloaded (unless offline).
+fn fetch(
+    repo_id: &str,
+    revision: &str,
+    settings: &HubSettings,
+    needs: &[Need],
+) -> Result<Vec<Option<PathBuf>>> {
     let cache = &settings.cache_dir;
-    let cached: Vec<Option<PathBuf>> = NEEDS
+    let cached: Vec<Option<PathBuf>> = needs
         .iter()
         .map(|need| {
             need.names
@@ -416,26 +460,25 @@ fn resolve_hub(repo_id: &str, revision: &str, settings: &HubSettings) -> Result<
                 .find_map(|name| cached_file(cache, repo_id, revision, name))
         })
         .collect();
-    let missing: Vec<&Need> = NEEDS
+    let missing: Vec<&Need> = needs
         .iter()
         .zip(&cached)
         .filter(|(_, found)| found.is_none())
         .map(|(need, _)| need)
         .collect();
     if missing.is_empty() {
-        return Ok(files_from(cached));
+        return Ok(cached);
     }
     if settings.offline {
         bail!(offline_error(repo_id, revision, cache, &missing));
     }
-    let fetched = download_missing(repo_id, revision, settings, &cached).with_context(|| {
+    download_missing(repo_id, revision, settings, needs, &cached).with_context(|| {
         format!(
             "could not get model {repo_id} (revision {revision}) from the hub; to work offline, \
              pre-download it and set HF_HUB_OFFLINE=1: {}",
-            download_command(repo_id, revision, cache, &NEEDS.iter().collect::<Vec<_>>())
+            download_command(repo_id, revision, cache, &needs.iter().collect::<Vec<_>>())
         )
-    })?;
-    Ok(files_from(fetched))
+    })
 }
 
 fn files_from(mut found: Vec<Option<PathBuf>>) -> ModelFiles {
@@ -491,6 +534,7 @@ fn download_missing(
     repo_id: &str,
     revision: &str,
     settings: &HubSettings,
+    needs: &[Need],
     cached: &[Option<PathBuf>],
 ) -> Result<Vec<Option<PathBuf>>> {
     let mut builder = ApiBuilder::from_cache(Cache::new(settings.cache_dir.clone()))
@@ -501,11 +545,8 @@ fn download_missing(
         builder = builder.with_endpoint(endpoint.clone());
     }
     let api = builder.build().context("could not create the hub client")?;
-    let repo = api.repo(Repo::with_revision(
-        repo_id.to_string(),
-        RepoType::Model,
-        revision.to_string(),
-    ));
+    let hub_repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
+    let repo = api.repo(hub_repo.clone());
     // The listing tells which alternative exists before any large download starts, and is the
     // only request whose time can be limited: hf-hub 0.5 has no timeout setting for downloads.
     let info: RepoInfo = repo
@@ -524,7 +565,7 @@ fn download_missing(
         .read_json()
         .with_context(|| format!("unexpected hub listing for {repo_id}"))?;
     let remote: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-    NEEDS
+    needs
         .iter()
         .zip(cached)
         .map(|(need, found)| {
@@ -543,9 +584,85 @@ fn download_missing(
                         remote.join(", ")
                     )
                 })?;
-            repo.download(name)
+            download_watched(&api, &hub_repo, name, settings)
                 .map(Some)
                 .with_context(|| format!("downloading {name} of {repo_id} (revision {revision})"))
         })
         .collect()
+}
+
+/// Downloads one file on a worker thread, abandoning it when no byte arrives
+/// for `settings.download_timeout` (hf-hub's own requests have no time
+/// limit, and a stalled server must not hang cws).
+fn download_watched(
+    api: &hf_hub::api::sync::Api,
+    repo: &Repo,
+    name: &str,
+    settings: &HubSettings,
+) -> Result<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{mpsc, Arc};
+    let received = Arc::new(AtomicU64::new(0));
+    let watch = Watch {
+        received: received.clone(),
+        bar: settings.progress.then(indicatif::ProgressBar::no_length),
+    };
+    let (done, result) = mpsc::channel();
+    let (api, repo, file) = (api.clone(), repo.clone(), name.to_string());
+    std::thread::spawn(move || {
+        let _ = done.send(api.repo(repo).download_with_progress(&file, watch));
+    });
+    let tick = settings.download_timeout.min(Duration::from_millis(200));
+    let (mut seen, mut since) = (0, std::time::Instant::now());
+    loop {
+        match result.recv_timeout(tick) {
+            Ok(r) => return Ok(r?),
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the download thread ended"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = received.load(Ordering::Relaxed);
+                if now != seen {
+                    (seen, since) = (now, std::time::Instant::now());
+                } else if since.elapsed() >= settings.download_timeout {
+                    bail!(
+                        "the hub sent nothing for {:?} ({seen} bytes received); giving up \
+                         (HF_HUB_DOWNLOAD_TIMEOUT sets the limit in seconds)",
+                        settings.download_timeout
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Download progress: bytes received (for the stall watch) and a bar.
+struct Watch {
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl hf_hub::api::Progress for Watch {
+    fn init(&mut self, size: usize, filename: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(size as u64);
+            bar.set_message(filename.to_string());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})",
+                )
+                .expect("a valid template"),
+            );
+        }
+    }
+    fn update(&mut self, size: usize) {
+        self.received
+            .fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.inc(size as u64);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! corpus → units → bies → encode (ids, windows, batches) → features (lexicon,
 //! bigrams) → hub/weights → model
 //! → tagger (label scores, decoding) → segment / score; train and optim drive
-//! learning, config and checkpoint hold its settings and results.
+//! learning, config holds its settings; model_dir is the model folder's one
+//! contract (its files, loader and writer), checkpoint writes folders atomically.
 
 pub mod bench;
 pub mod bies;
@@ -18,6 +19,7 @@ pub mod features;
 pub mod fused;
 pub mod hub;
 pub mod model;
+pub mod model_dir;
 pub mod optim;
 pub mod output;
 pub mod score;

@@ -14,8 +14,6 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use crate::features::BatchFeatures;
-
 /// HF `config.json` of a BERT model. Keys we do not use are kept in `extra` so a
 /// config read from a checkpoint is written back unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,8 +46,101 @@ pub struct BertConfig {
     pub id2label: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label2id: Option<BTreeMap<String, usize>>,
+    /// The `cws_*` keys, parsed here and nowhere else. Written back among the
+    /// other extra keys, in their sorted place, by [`Self::to_json_string`].
+    #[serde(flatten, skip_serializing)]
+    pub cws: Extensions,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// cws's extensions of the HF config (keys `cws_*` in config.json, which
+/// transformers ignores): the sizes of the unit-feature embeddings and the
+/// decoding bias a model was tuned with. Zero / false / none means absent, and
+/// absent keys are not written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct Extensions {
+    /// Lexicon feature columns per unit (0: no lexicon channel).
+    #[serde(rename = "cws_lexicon_features", default)]
+    pub lexicon_features: usize,
+    /// Rows of the hashed-bigram embedding table (0: no bigram channel).
+    #[serde(rename = "cws_bigram_buckets", default)]
+    pub bigram_buckets: usize,
+    /// Whether bigrams unseen in training share one embedding; the seen set
+    /// is a file of the model folder.
+    #[serde(rename = "cws_bigram_seen", default)]
+    pub bigram_seen: bool,
+    /// Added to the scores of word-ending labels before decoding, chosen on dev.
+    #[serde(rename = "cws_boundary_bias", default)]
+    pub boundary_bias: Option<f32>,
+}
+
+impl Extensions {
+    /// The keys to write, as JSON values.
+    fn entries(&self) -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        let mut out = Vec::new();
+        if self.lexicon_features > 0 {
+            out.push(("cws_lexicon_features", json!(self.lexicon_features)));
+        }
+        if self.bigram_buckets > 0 {
+            out.push(("cws_bigram_buckets", json!(self.bigram_buckets)));
+        }
+        if self.bigram_seen {
+            out.push(("cws_bigram_seen", json!(true)));
+        }
+        if let Some(b) = self.boundary_bias {
+            out.push(("cws_boundary_bias", json!(b)));
+        }
+        out
+    }
+
+    /// The unit features a model with these extensions reads: (lexicon
+    /// width, bigram buckets, seen-bigram list).
+    fn features(&self) -> (usize, usize, bool) {
+        (self.lexicon_features, self.bigram_buckets, self.bigram_seen)
+    }
+
+    /// Whether a model with these extensions reads the same unit features
+    /// (the boundary bias aside).
+    pub fn same_features(&self, other: &Extensions) -> bool {
+        self.features() == other.features()
+    }
+
+    /// The feature keys that differ from `other`'s, as `key: mine against
+    /// theirs`.
+    pub fn describe_features_against(&self, other: &Extensions) -> String {
+        let (a, b) = (self.features(), other.features());
+        let mut out = Vec::new();
+        if a.0 != b.0 {
+            out.push(format!("cws_lexicon_features: {} against {}", a.0, b.0));
+        }
+        if a.1 != b.1 {
+            out.push(format!("cws_bigram_buckets: {} against {}", a.1, b.1));
+        }
+        if a.2 != b.2 {
+            out.push(format!("cws_bigram_seen: {} against {}", a.2, b.2));
+        }
+        out.join(", ")
+    }
+}
+
+/// Padded unit-feature tensors of a batch, laid out like its `input_ids`
+/// ([CLS] at 0), for a model with [`Extensions`] (built by `crate::features`).
+pub struct BatchFeatures {
+    /// f32 `[b, t, lexicon_features]` of 0/1 bits and statistics bins.
+    pub lexicon: Option<Tensor>,
+    /// u32 `[b, t, 2]` bucket ids.
+    pub bigrams: Option<Tensor>,
+}
+
+impl BatchFeatures {
+    pub fn none() -> Self {
+        BatchFeatures {
+            lexicon: None,
+            bigrams: None,
+        }
+    }
 }
 
 fn default_hidden_act() -> String {
@@ -71,9 +162,6 @@ fn default_layer_norm_eps() -> f64 {
     1e-12
 }
 
-/// BIES tag names in label-index order.
-pub const BIES: [&str; 4] = ["B", "I", "E", "S"];
-
 impl BertConfig {
     pub fn from_json_str(s: &str) -> Result<Self> {
         let cfg: Self = serde_json::from_str(s).context("parsing BERT config.json")?;
@@ -88,8 +176,14 @@ impl BertConfig {
         Self::from_json_str(&s).with_context(|| format!("in {}", path.display()))
     }
 
+    /// The config as transformers writes it, with the cws extensions among
+    /// the other extra keys (sorted).
     pub fn to_json_string(&self) -> Result<String> {
-        Ok(serde_json::to_string_pretty(self)?)
+        let mut wire = self.clone();
+        for (key, value) in self.cws.entries() {
+            wire.extra.insert(key.into(), value);
+        }
+        Ok(serde_json::to_string_pretty(&wire)?)
     }
 
     fn validate(&self) -> Result<()> {
@@ -378,17 +472,17 @@ impl BertForTokenClassification {
             Init::Const(0.),
         )?;
         // cws extensions: an embedding table whose row count the config gives.
-        let extension = |key: &str, name: &str| -> candle_core::Result<Option<Tensor>> {
-            match cfg.extra.get(key).and_then(|v| v.as_u64()).unwrap_or(0) {
+        let extension = |rows: usize, name: &str| -> candle_core::Result<Option<Tensor>> {
+            match rows {
                 0 => Ok(None),
                 n => emb
                     .pp(name)
-                    .get_with_hints((n as usize, h), "weight", Init::Const(0.))
+                    .get_with_hints((n, h), "weight", Init::Const(0.))
                     .map(Some),
             }
         };
-        let lexicon_embeddings = extension(crate::features::LEXICON_KEY, "lexicon_embeddings")?;
-        let bigram_embeddings = extension(crate::features::BIGRAM_KEY, "bigram_embeddings")?;
+        let lexicon_embeddings = extension(cfg.cws.lexicon_features, "lexicon_embeddings")?;
+        let bigram_embeddings = extension(cfg.cws.bigram_buckets, "bigram_embeddings")?;
         let emb_ln = LayerNorm::new(emb.pp("LayerNorm"), h, eps)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {

@@ -13,11 +13,10 @@ use crate::bies::{argmax, viterbi, words_from_labels, Label, LabelSet, NUM_LABEL
 use crate::dict::Dictionary;
 use crate::encode::{make_batch, split_sentences, Vocab, Window};
 use crate::features::{FeatureSpec, UnitFeatures};
-use crate::hub::{resolve_arg, HubSettings};
 use crate::model::{BertConfig, BertForTokenClassification};
 use crate::segment::{Chunk, WordSplitter};
-use crate::weights::{self, LoadOptions};
-use anyhow::{bail, Context, Result};
+
+use anyhow::Result;
 use candle_core::{DType, Device, D};
 use candle_nn::VarMap;
 use std::ops::Range;
@@ -52,72 +51,6 @@ pub struct Sequence {
 }
 
 impl Tagger {
-    /// Loads a trained model from a model source (folder or hub id).
-    pub fn load(source: &str, device: &Device) -> Result<Self> {
-        let (_, files) = resolve_arg(source, &HubSettings::from_env())?;
-        let weights_path = files
-            .weights
-            .as_ref()
-            .with_context(|| format!("{source} is a fresh config, not a trained model"))?;
-        let tok = files
-            .tokenizer
-            .as_ref()
-            .with_context(|| format!("{source} has no vocab.txt or tokenizer.json"))?;
-        let config = BertConfig::from_file(&files.config)?;
-        if config.num_labels() != NUM_LABELS {
-            bail!(
-                "{source} has {} output labels; a segmenter has 4 (B, I, E, S) — train one with `cws train`",
-                config.num_labels()
-            );
-        }
-        let vocab = Vocab::load(tok)?;
-        let varmap = VarMap::new();
-        let model =
-            BertForTokenClassification::new_random(&varmap, &config, 0, DType::F32, device)?;
-        weights::load(&varmap, weights_path, LoadOptions::default())
-            .with_context(|| format!("loading weights of {source}"))?;
-        let max_units = config.max_position_embeddings.min(512) - 2;
-        let dir = files.config.parent().unwrap_or(std::path::Path::new("."));
-        let features =
-            FeatureSpec::for_model(&config, dir).with_context(|| format!("loading {source}"))?;
-        Ok(Tagger {
-            features,
-            model,
-            varmap,
-            config,
-            vocab,
-            device: device.clone(),
-            max_units,
-            // Measured on 2 CPU cores with the bundled model: batches of 16
-            // windows run in parallel segment 1.6x faster than batches of 64
-            // (less padding, activations that stay in cache).
-            batch_size: if device.is_cpu() { 16 } else { 256 },
-        })
-    }
-
-    /// Writes the model folder `cws segment --model` and transformers read:
-    /// config.json, model.safetensors (in `dtype`), vocab.txt,
-    /// tokenizer_config.json, and the hashed lists of `features` (lexicon,
-    /// word-list statistics, seen bigrams) the model reads.
-    pub fn save(&self, dir: &std::path::Path, dtype: DType, features: &FeatureSpec) -> Result<()> {
-        weights::save_pretrained(&self.varmap, &self.config, dir, dtype)?;
-        if let Some(lex) = &features.lexicon {
-            lex.save(&dir.join(crate::features::LEXICON_FILE))?;
-        }
-        if let Some(stats) = &features.list_stats {
-            stats.save(&dir.join(crate::features::LIST_STATS_FILE))?;
-        }
-        if let Some(seen) = &features.bigram_seen {
-            seen.save(&dir.join(crate::features::BIGRAM_SEEN_FILE))?;
-        }
-        self.vocab.save(&dir.join("vocab.txt"))?;
-        std::fs::write(
-            dir.join("tokenizer_config.json"),
-            "{\"tokenizer_class\": \"BertTokenizer\", \"do_lower_case\": true}\n",
-        )?;
-        Ok(())
-    }
-
     /// Log-probabilities of the four labels for every unit of every sequence.
     pub fn scores(&self, sequences: &[Sequence]) -> Result<Vec<Vec<[f32; NUM_LABELS]>>> {
         // Windows to run: (sequence, unit range); each unit's best window after.
@@ -242,18 +175,10 @@ pub struct Scored {
     scores: Vec<Vec<[f32; NUM_LABELS]>>,
 }
 
-/// Config key of the boundary bias a model was tuned with.
-pub const BOUNDARY_BIAS_KEY: &str = "cws_boundary_bias";
-
 impl<'a> ModelSplitter<'a> {
     /// A splitter with the model's own boundary bias.
     pub fn new(tagger: &'a Tagger, decode: Decode, dict: Option<&'a Dictionary>) -> Self {
-        let boundary_bias = tagger
-            .config
-            .extra
-            .get(BOUNDARY_BIAS_KEY)
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.0) as f32;
+        let boundary_bias = tagger.config.cws.boundary_bias.unwrap_or(0.0);
         ModelSplitter {
             tagger,
             decode,

@@ -1,7 +1,7 @@
 //! The command line as a newcomer meets it: the README's commands run as
 //! written, CI runs the README's test command, and `--help` shows examples.
 
-use crate::common::{cws, repo_root, run_cws};
+use crate::common::{cws, repo_root, run_cws, run_with_stdin};
 
 fn readme() -> String {
     std::fs::read_to_string(repo_root().join("README.md")).unwrap()
@@ -17,10 +17,15 @@ fn readme_segment_command_works() {
     let screen = first_screen();
     let line = screen
         .lines()
-        .find(|l| l.contains("cws segment"))
+        .find(|l| l.contains("-- segment"))
         .expect("the README's first screen shows a segment command");
-    // Run it as written, with the binary cargo built for this test run.
-    let command = line.replace("./target/release/cws", env!("CARGO_BIN_EXE_cws"));
+    // Run it as written, with the binary cargo built for this test run in
+    // place of `cargo run` (which would build it a second time).
+    let command = line.replace("cargo run --release -q --", env!("CARGO_BIN_EXE_cws"));
+    assert_ne!(
+        command, line,
+        "the README runs cws through `cargo run --release -q --`"
+    );
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(&command)
@@ -114,4 +119,41 @@ fn segment_with_a_missing_model_names_it() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("/nonexistent/cws-model"), "{err}");
+}
+
+/// A binary copied into an empty folder, far from the repository and with no
+/// hub cache, segments with its built-in model exactly as with models/pku.
+#[test]
+fn a_copied_binary_segments_with_its_built_in_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let copied = bin.join("cws");
+    std::fs::copy(env!("CARGO_BIN_EXE_cws"), &copied).unwrap();
+    let elsewhere = tmp.path().join("work");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let input =
+        "１９９８年，中国经济增长７．８％。\n他说：“这是北京大学的研究生命题。”\n\nabc 123\n";
+    let run = |cmd: &mut std::process::Command| {
+        let out = run_with_stdin(cmd, input.as_bytes());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let alone = run(std::process::Command::new(&copied)
+        .arg("segment")
+        .current_dir(&elsewhere)
+        .env_remove("CWS_MODEL")
+        .env("HOME", &elsewhere)
+        .env("HF_HOME", elsewhere.join("hf"))
+        .env("HF_HUB_OFFLINE", "1"));
+    let bundled = repo_root().join("models/pku");
+    let from_folder = run(cws()
+        .args(["segment", "--model", bundled.to_str().unwrap()])
+        .env_remove("CWS_MODEL"));
+    assert_eq!(alone, from_folder);
+    assert_eq!(alone.replace(' ', ""), input.replace(' ', ""));
 }

@@ -12,8 +12,12 @@ pub fn cws() -> Command {
 
 /// Runs `cws` with `args`, feeding `stdin`.
 pub fn run_cws(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = cws()
-        .args(args)
+    run_with_stdin(cws().args(args), stdin)
+}
+
+/// Runs `cmd` (environment and folder set), feeding `stdin`.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -10,10 +10,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cws::checkpoint::{
-    copy_tokenizer_files, labels_of, read_config, token_classifier_config, write_atomic,
-    write_config, write_files_atomic, BIES_LABELS,
-};
+use cws::checkpoint::write_atomic;
 use cws::hub::{resolve, HubSettings, ModelFiles, ModelSource};
 
 const REPO: &str = "bert-base-chinese";
@@ -541,6 +538,16 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Writes `files` (name, content) as the whole new content of `dest`.
+fn write_files_atomic(dest: &Path, files: &[(&str, &[u8])]) -> anyhow::Result<()> {
+    write_atomic(dest, |dir| {
+        for (name, bytes) in files {
+            fs::write(dir.join(name), bytes)?;
+        }
+        Ok(())
+    })
+}
+
 #[test]
 fn checkpoint_write_is_all_or_nothing() {
     let root = tempfile::tempdir().unwrap();
@@ -578,74 +585,39 @@ fn checkpoint_write_is_all_or_nothing() {
     assert!(e.contains("found a file"), "{e}");
 }
 
+/// The one loader and the one writer of model folders are inverse: the
+/// bundled model, loaded and saved again in its dtype, is the same files.
 #[test]
-fn checkpoint_config_and_tokenizer_round_trip() {
-    let shared = shared_or_skip!();
-    let home = fixture_hf_home(&shared);
-    let files = resolve(&hub(REPO, "main"), &HubSettings::offline(home.join("hub"))).unwrap();
-    let base = read_config(&files.config).unwrap();
-    let config = token_classifier_config(&base, &BIES_LABELS).unwrap();
-
+fn model_folder_loads_and_saves_back_byte_for_byte() {
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pku");
+    let tagger =
+        cws::model_dir::load(bundled.to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
     let root = tempfile::tempdir().unwrap();
-    let dest = root.path().join("seg");
+    let dest = root.path().join("again");
     write_atomic(&dest, |dir| {
-        write_config(dir, &config)?;
-        copy_tokenizer_files(files.tokenizer.as_ref().unwrap(), dir)?;
-        Ok(())
+        cws::model_dir::save(&tagger, dir, candle_core::DType::F16, &tagger.features)
     })
     .unwrap();
-
-    let back = read_config(&dest.join("config.json")).unwrap();
-    assert_eq!(back, config);
-    assert_eq!(
-        back["architectures"],
-        serde_json::json!(["BertForTokenClassification"])
-    );
-    assert_eq!(back["model_type"], "bert");
-    assert_eq!(
-        back["id2label"],
-        serde_json::json!({"0": "B", "1": "I", "2": "E", "3": "S"})
-    );
-    assert_eq!(
-        back["label2id"],
-        serde_json::json!({"B": 0, "I": 1, "E": 2, "S": 3})
-    );
-    assert_eq!(back["vocab_size"], 21128);
-    assert_eq!(back["layer_norm_eps"], 1e-12);
-    assert_eq!(back["position_embedding_type"], "absolute");
-    assert_eq!(labels_of(&back).unwrap(), ["B", "I", "E", "S"]);
-
-    assert_eq!(
-        entries(&dest),
-        [
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "vocab.txt"
-        ]
-    );
-    for name in ["tokenizer.json", "vocab.txt"] {
-        let meta = fs::symlink_metadata(dest.join(name)).unwrap();
+    let written = entries(&dest);
+    assert!(written.len() >= 5, "{written:?}");
+    for name in &written {
         assert!(
-            meta.file_type().is_file(),
-            "{name} must be a real file, not a link"
+            cws::model_dir::MODEL_FOLDER_FILES.contains(&name.as_str()),
+            "{name} is not in the model-folder contract"
+        );
+        assert_eq!(
+            fs::read(dest.join(name)).unwrap(),
+            fs::read(bundled.join(name)).unwrap(),
+            "{name} differs"
         );
     }
-    // The checkpoint is itself a loadable local model source once weights are in it.
-    fs::write(dest.join("model.safetensors"), b"x").unwrap();
-    let again = resolve(
-        &ModelSource::Local(dest.clone()),
-        &HubSettings::offline(root.path()),
-    )
-    .unwrap();
-    assert_eq!(again.tokenizer, Some(dest.join("tokenizer.json")));
-
-    let mut bad = base.clone();
-    bad.as_object_mut().unwrap().remove("hidden_size");
-    let e = err_text(token_classifier_config(&bad, &BIES_LABELS).unwrap_err());
-    assert!(e.contains("hidden_size"), "{e}");
-    bad["hidden_size"] = serde_json::json!(768);
-    bad["model_type"] = serde_json::json!("roberta");
-    let e = err_text(token_classifier_config(&bad, &BIES_LABELS).unwrap_err());
-    assert!(e.contains("\"roberta\""), "{e}");
+    // A missing feature file is an error naming it.
+    fs::remove_file(dest.join(cws::model_dir::LEXICON_FILE)).unwrap();
+    let err = format!(
+        "{:#}",
+        cws::model_dir::load(dest.to_str().unwrap(), &candle_core::Device::Cpu)
+            .err()
+            .unwrap()
+    );
+    assert!(err.contains(cws::model_dir::LEXICON_FILE), "{err}");
 }

@@ -564,13 +564,36 @@ fn config_tolerates_real_hf_keys() {
     assert_eq!(cfg.num_labels(), 2);
     assert_eq!(cfg.classifier_dropout, None);
     let mut cfg = cfg;
-    cfg.set_labels(&cws::model::BIES);
+    cfg.set_labels(&cws::bies::LABEL_NAMES);
     assert_eq!(cfg.num_labels(), 4);
     let back = BertConfig::from_json_str(&cfg.to_json_string().unwrap()).unwrap();
     assert_eq!(back.num_labels(), 4);
     assert_eq!(back.extra["pooler_type"], "first_token_transform");
     assert_eq!(back.extra["architectures"][0], "BertForTokenClassification");
     assert_eq!(fixture_config().num_labels(), 4);
+}
+
+/// The `cws_*` keys are parsed into typed extensions (and only there), a bad
+/// value is an error naming the key, and a model's config.json is written
+/// back byte for byte.
+#[test]
+fn config_extensions_are_typed_and_round_trip() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pku/config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = BertConfig::from_file(&path).unwrap();
+    assert_eq!(cfg.cws.lexicon_features, 10);
+    assert_eq!(cfg.cws.bigram_buckets, 20000);
+    assert!(cfg.cws.bigram_seen);
+    assert_eq!(cfg.cws.boundary_bias, Some(1.0));
+    assert!(cfg.extra.keys().all(|k| !k.starts_with("cws_")));
+    assert_eq!(cfg.to_json_string().unwrap(), text);
+
+    let bad = text.replace(
+        "\"cws_bigram_buckets\": 20000",
+        "\"cws_bigram_buckets\": \"many\"",
+    );
+    let err = format!("{:#}", BertConfig::from_json_str(&bad).unwrap_err());
+    assert!(err.contains("many"), "{err}");
 }
 
 #[test]

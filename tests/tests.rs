@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod determinism;
 mod hub;
+mod hub_server;
 mod model;
 mod properties;
 mod safety;

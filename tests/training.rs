@@ -456,9 +456,9 @@ fn distillation_mixes_a_teachers_probabilities_into_the_loss() {
 fn crossfit_trains_copies_without_one_fold_and_distils_them() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = config(tmp.path(), "data", 1);
-    let all = cws::train::load_data(&c).unwrap().train;
+    let all = cws::train::load_data(&c, Progress::Quiet).unwrap().train;
     c.exclude_fold = Some([1, 3]);
-    let some = cws::train::load_data(&c).unwrap().train;
+    let some = cws::train::load_data(&c, Progress::Quiet).unwrap().train;
     let expected: Vec<_> = all
         .iter()
         .enumerate()

@@ -3,11 +3,11 @@
 //! the peers (PyTorch, jieba, pkuseg) measured by scripts/bench_peers.py.
 
 use crate::bench::{measure, peak_rss_mib, Case, Matmul, Shape, BATCH, SEQ};
-use crate::commands::segment::{default_model, set_threads};
+use crate::commands::segment::set_threads;
 use crate::config::{open_device, parse_device};
 use crate::dict::Dictionary;
 use crate::segment::{segment_stream, Format, StreamOptions, WordSplitter};
-use crate::tagger::{Decode, ModelSplitter, Tagger};
+use crate::tagger::{Decode, ModelSplitter};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use std::path::PathBuf;
@@ -184,14 +184,11 @@ fn run_segment(a: SegmentArgs) -> Result<()> {
             (Box::new(dict), "cws --dict-only".into())
         }
         None => {
-            let source = match &a.model {
-                Some(m) => m.clone(),
-                None => default_model()?,
-            };
-            tagger = Tagger::load(&source, &open_device(parse_device(&a.device)?)?)?;
+            let device = open_device(parse_device(&a.device)?)?;
+            tagger = crate::model_dir::load_or_default(a.model.as_deref(), &device)?;
             (
                 Box::new(ModelSplitter::new(&tagger, Decode::Viterbi, None)),
-                format!("cws {source}"),
+                format!("cws {}", a.model.as_deref().unwrap_or("(default model)")),
             )
         }
     };

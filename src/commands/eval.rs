@@ -8,7 +8,7 @@ use crate::features::Lexicon;
 use crate::output::{refuse_overwriting_input, AtomicFile};
 use crate::score::{score_lines, Counts};
 use crate::segment::segment_to_lines;
-use crate::tagger::{Decode, ModelSplitter, Tagger};
+use crate::tagger::{Decode, ModelSplitter};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -173,7 +173,7 @@ pub fn render(c: &Counts, with_oov: bool, format: ReportFormat) -> String {
 /// The gold file's text (words joined) segmented by a model, one line per line.
 fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line>> {
     let device = open_device(parse_device(&args.device)?)?;
-    let mut tagger = Tagger::load(model, &device)?;
+    let mut tagger = crate::model_dir::load(model, &device)?;
     if let Some(p) = &args.hide_words {
         if tagger.features.lexicon.is_none() {
             bail!("--hide-words: the model {model} reads no word list");

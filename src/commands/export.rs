@@ -3,10 +3,10 @@
 //! trainer state. The folder is written beside its destination and renamed
 //! into place; a destination holding anything but a model is refused.
 
-use crate::checkpoint::{write_atomic, MODEL_CARD_FILE, MODEL_FOLDER_FILES};
+use crate::checkpoint::write_atomic;
 use crate::config::{open_device, DeviceChoice};
+use crate::model_dir::{self, MODEL_CARD_FILE, MODEL_FOLDER_FILES, RECIPE_FILE};
 use crate::output::{folder_state, foreign_files_error, FolderState};
-use crate::tagger::Tagger;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     check_destination(&args.output, args.force)?;
-    let tagger = Tagger::load(&args.model, &open_device(DeviceChoice::Cpu)?)?;
+    let tagger = model_dir::load(&args.model, &open_device(DeviceChoice::Cpu)?)?;
     let dtype = match args.dtype {
         SaveDtype::F32 => DType::F32,
         SaveDtype::F16 => DType::F16,
@@ -51,11 +51,11 @@ pub fn run(args: Args) -> Result<()> {
     let source = PathBuf::from(&args.model);
     let card = std::fs::read(args.output.join(MODEL_CARD_FILE)).ok();
     write_atomic(&args.output, |tmp| {
-        tagger.save(tmp, dtype, &tagger.features)?;
+        model_dir::save(&tagger, tmp, dtype, &tagger.features)?;
         // The recipe travels with the model when there is one.
-        let recipe = source.join("cws-train.toml");
+        let recipe = source.join(RECIPE_FILE);
         if recipe.is_file() {
-            std::fs::copy(&recipe, tmp.join("cws-train.toml"))?;
+            std::fs::copy(&recipe, tmp.join(RECIPE_FILE))?;
         }
         if let Some(card) = &card {
             std::fs::write(tmp.join(MODEL_CARD_FILE), card)?;

@@ -2,9 +2,10 @@
 
 use crate::config::{open_device, parse_device};
 use crate::dict::Dictionary;
+use crate::model_dir;
 use crate::output::{refuse_overwriting_input, AtomicFile};
 use crate::segment::{segment_stream, Format, StreamOptions, WordSplitter};
-use crate::tagger::{Decode, ModelSplitter, Tagger};
+use crate::tagger::{Decode, ModelSplitter};
 use anyhow::{bail, Context, Result};
 use std::io::{BufReader, BufWriter, IsTerminal, Read};
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ pub const EXAMPLES: &str = "Examples:
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model: a folder saved by `cws train`, or a hub id of such a model.
+    /// Default: $CWS_MODEL, else the built-in PKU model — trained on the
+    /// SIGHAN 2005 PKU corpus, whose terms allow non-commercial research use
+    /// only (see NOTICE in the README); pass your own model for other uses.
     #[arg(long)]
     pub model: Option<String>,
     /// User dictionary (one word per line, optional weight): every match,
@@ -80,12 +84,8 @@ pub fn run(args: Args) -> Result<()> {
             Box::new(dict)
         }
         (None, model) => {
-            let source = match model {
-                Some(m) => m.clone(),
-                None => default_model()?,
-            };
             let device = open_device(parse_device(&args.device)?)?;
-            tagger = Tagger::load(&source, &device)?;
+            tagger = model_dir::load_or_default(model.as_deref(), &device)?;
             let mut splitter = ModelSplitter::new(&tagger, args.decode, user_dict.as_ref());
             if let Some(b) = args.boundary_bias {
                 splitter.boundary_bias = b;
@@ -129,23 +129,6 @@ pub fn run(args: Args) -> Result<()> {
             segment_stream(&mut input, &mut out, splitter.as_ref(), &opts)
         }
     }
-}
-
-/// The model `cws segment` uses without `--model`: the PKU model bundled in the
-/// repository (found next to the binary's source tree or via $CWS_MODEL).
-pub fn default_model() -> Result<String> {
-    if let Ok(m) = std::env::var("CWS_MODEL") {
-        return Ok(m);
-    }
-    let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pku");
-    if bundled.join("config.json").is_file() {
-        return Ok(bundled.display().to_string());
-    }
-    bail!(
-        "no model given and no bundled model at {}: pass --model DIR (a folder saved by `cws train`), \
-         or --dict-only WORDLIST for the dictionary baseline",
-        bundled.display()
-    )
 }
 
 /// Sizes the global thread pool that candle and the segmenter use.

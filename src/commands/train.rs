@@ -396,29 +396,25 @@ fn draw(bar: &std::cell::RefCell<indicatif::ProgressBar>, style: ProgressStyle, 
 fn report(s: &Summary) -> Result<()> {
     let f1 = s.best_dev_f1.map_or("n/a".into(), |f| format!("{f:.4}"));
     let run = s.output_dir.display();
-    match s.interrupted {
-        false => {
-            eprintln!(
-                "done after {} steps; best dev F1 {f1}; checkpoints in {run}/best and {run}/last",
-                s.steps
-            );
-            Ok(())
-        }
-        true => {
-            let saved = match &s.saved_at_stop {
-                Some(p) => format!("saved {}", p.display()),
-                None => "nothing new to save".into(),
-            };
-            let code = signals::received().unwrap_or(signals::SIGINT);
-            Err(crate::commands::Exit {
-                code: 128 + code as u8,
-                message: format!(
-                    "stopped by {} after {} steps; {saved}; continue with `cws train --resume --output-dir {run}`",
-                    signals::name(code),
-                    s.steps
-                ),
-            }
-            .into())
-        }
+    if !s.interrupted {
+        eprintln!(
+            "done after {} steps; best dev F1 {f1}; checkpoints in {run}/best and {run}/last",
+            s.steps
+        );
+        return Ok(());
     }
+    let saved = match &s.saved_at_stop {
+        Some(p) => format!("saved {}", p.display()),
+        None => "nothing new to save".into(),
+    };
+    let code = signals::received().unwrap_or(signals::SIGINT);
+    Err(crate::commands::Exit {
+        code: 128 + code as u8,
+        message: format!(
+            "stopped by {} after {} steps; {saved}; continue with `cws train --resume --output-dir {run}`",
+            signals::name(code),
+            s.steps
+        ),
+    }
+    .into())
 }

@@ -4,11 +4,14 @@
 //! run's own `last` checkpoint when resuming.
 
 use super::data::Data;
+use super::{Event, Progress};
+use crate::bies::LABEL_NAMES;
 use crate::config::{open_device, TrainConfig, VOCAB_FROM_TRAIN};
 use crate::encode::Vocab;
 use crate::features::{FeatureSpec, Lexicon};
-use crate::hub::{resolve, HubSettings, ModelSource};
-use crate::model::{BertConfig, BertForTokenClassification, BIES};
+use crate::hub::{resolve, resolve_local, HubSettings, ModelSource};
+use crate::model::{BertConfig, BertForTokenClassification};
+use crate::model_dir;
 use crate::tagger::Tagger;
 use crate::units::units_of_words;
 use crate::weights::{self, LoadOptions};
@@ -22,15 +25,21 @@ pub(super) fn build_tagger(
     cfg: &TrainConfig,
     data: &Data,
     resume_from: Option<&Path>,
+    progress: Progress<'_>,
 ) -> Result<Tagger> {
     let device = open_device(cfg.device)?;
-    let source = match resume_from {
-        Some(dir) => ModelSource::Local(dir.to_path_buf()),
-        None => ModelSource::parse(&cfg.model)?,
-    };
-    let files = resolve(&source, &HubSettings::from_env())?;
+    if let Some(dir) = resume_from {
+        let tagger =
+            model_dir::load_files(&resolve_local(dir)?, &dir.display().to_string(), &device)?;
+        return Ok(Tagger {
+            max_units: cfg.max_length - 2,
+            batch_size: cfg.batch_size.max(32),
+            ..tagger
+        });
+    }
+    let files = resolve(&ModelSource::parse(&cfg.model)?, &HubSettings::from_env())?;
     let mut config = BertConfig::from_file(&files.config)?;
-    let vocab = vocab_for(cfg, data, &files, resume_from, &mut config)?;
+    let vocab = vocab_for(cfg, data, &files, &mut config)?;
     if vocab.len() > config.vocab_size {
         bail!(
             "the vocabulary has {} tokens but the model's vocab_size is {}",
@@ -38,7 +47,7 @@ pub(super) fn build_tagger(
             config.vocab_size
         );
     }
-    config.set_labels(&BIES);
+    config.set_labels(&LABEL_NAMES);
     if let Some(p) = cfg.dropout {
         config.hidden_dropout_prob = p;
         config.attention_probs_dropout_prob = p;
@@ -51,10 +60,7 @@ pub(super) fn build_tagger(
             config.max_position_embeddings
         );
     }
-    let features = match resume_from {
-        Some(dir) => FeatureSpec::for_model(&config, dir)?,
-        None => fresh_features(cfg, data, &mut config, files.weights.is_some())?,
-    };
+    let features = fresh_features(cfg, data, &mut config, files.weights.is_some())?;
     let varmap = VarMap::new();
     let model =
         BertForTokenClassification::new_random(&varmap, &config, cfg.seed, DType::F32, &device)?;
@@ -63,14 +69,14 @@ pub(super) fn build_tagger(
             &varmap,
             w,
             LoadOptions {
-                allow_missing_head: resume_from.is_none(),
+                allow_missing_head: true,
             },
         )?;
         if report.head_missing {
-            eprintln!(
+            progress.report(Event::Note(&format!(
                 "note: {} has no token-classification head; it starts freshly initialised",
                 cfg.model
-            );
+            )));
         }
     }
     Ok(Tagger {
@@ -85,19 +91,16 @@ pub(super) fn build_tagger(
     })
 }
 
-/// The run's vocabulary: the checkpoint's when resuming, one built from the
-/// training data (`vocab = "train"`, fresh models only, which then size the
+/// The run's vocabulary: one built from the training data (`vocab = "train"`, fresh models only, which then size the
 /// model's embeddings to it), a named file, or the model's own.
 fn vocab_for(
     cfg: &TrainConfig,
     data: &Data,
     files: &crate::hub::ModelFiles,
-    resume_from: Option<&Path>,
     config: &mut BertConfig,
 ) -> Result<Vocab> {
-    Ok(match (cfg.vocab.as_deref(), resume_from) {
-        (_, Some(dir)) => Vocab::load(&dir.join("vocab.txt"))?,
-        (Some(VOCAB_FROM_TRAIN), None) => {
+    Ok(match cfg.vocab.as_deref() {
+        Some(VOCAB_FROM_TRAIN) => {
             if files.weights.is_some() {
                 bail!("vocab = \"train\" builds a new vocabulary, which only a fresh model (config:PATH) can use");
             }
@@ -111,8 +114,8 @@ fn vocab_for(
             config.pad_token_id = v.pad as usize;
             v
         }
-        (Some(path), None) => Vocab::load(Path::new(path))?,
-        (None, None) => Vocab::load(files.tokenizer.as_ref().with_context(|| {
+        Some(path) => Vocab::load(Path::new(path))?,
+        None => Vocab::load(files.tokenizer.as_ref().with_context(|| {
             format!(
                 "{} has no tokenizer.json or vocab.txt: set `vocab` in the config",
                 cfg.model
@@ -149,20 +152,14 @@ fn fresh_features(
                 } else {
                     0
                 };
-            config.extra.insert(
-                crate::features::LEXICON_KEY.into(),
-                serde_json::json!(width),
-            );
+            config.cws.lexicon_features = width;
             (Some(Lexicon::from_words(words())), stats)
         }
         None => (None, None),
     };
     let mut bigram_seen = None;
     if cfg.bigram_buckets > 0 {
-        config.extra.insert(
-            crate::features::BIGRAM_KEY.into(),
-            serde_json::json!(cfg.bigram_buckets),
-        );
+        config.cws.bigram_buckets = cfg.bigram_buckets;
         if cfg.bigram_min_count > 0 {
             let keys: Vec<Vec<String>> = data
                 .train
@@ -173,10 +170,7 @@ fn fresh_features(
                 keys.iter().map(Vec::as_slice),
                 cfg.bigram_min_count,
             ));
-            config.extra.insert(
-                crate::features::BIGRAM_SEEN_KEY.into(),
-                serde_json::json!(true),
-            );
+            config.cws.bigram_seen = true;
         }
     }
     Ok(FeatureSpec {

@@ -3,6 +3,7 @@
 //! training windows: lexicon pseudo-sentences added, features perturbed
 //! (hidden lexicon entries, [UNK] units, held-out folds), cut at punctuation.
 
+use super::{Event, Progress};
 use crate::bies::labels_from_lengths;
 use crate::config::TrainConfig;
 use crate::corpus::{read_segmented, Sentence};
@@ -24,7 +25,7 @@ pub struct Data {
 
 /// Reads the corpus and holds out the dev set (the last `dev_fraction` of the
 /// non-blank training lines, unless a dev file is given).
-pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
+pub fn load_data(cfg: &TrainConfig, progress: Progress<'_>) -> Result<Data> {
     let all: Vec<Sentence> = read_segmented(&cfg.train)?
         .into_iter()
         .filter(|s| !s.words.is_empty())
@@ -37,11 +38,11 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
         (n + 1, u + (s.words.len() == 1) as usize)
     });
     if unsegmented * 2 > considered {
-        eprintln!(
+        progress.report(Event::Note(&format!(
             "warning: {}: {unsegmented} of its {considered} lines of 4 or more characters have no word \
              separator: training needs segmented text (words separated by spaces)",
             cfg.train.display()
-        );
+        )));
     }
     let (train, dev) = match &cfg.dev {
         Some(p) => (

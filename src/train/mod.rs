@@ -24,7 +24,7 @@ pub use data::{lexicon_sentences, load_data, windows, Data, Heldout, Perturb};
 pub use eval::evaluate;
 pub use state::TrainerState;
 
-use crate::config::TrainConfig;
+use crate::config::{SoftSource, TrainConfig};
 use crate::corpus::read_word_set;
 use crate::encode::{make_batch, training_batches, Window};
 use crate::features::FeatureSpec;
@@ -113,8 +113,8 @@ pub fn train_until(
     progress: Progress<'_>,
     stop_after: Option<u64>,
 ) -> Result<Summary> {
-    let resume_from = state::resume_point(cfg, resume)?;
-    let data = load_data(cfg)?;
+    let resume_from = state::resume_point(cfg, resume, progress)?;
+    let data = load_data(cfg, progress)?;
     if data.inner_boundaries > 0 {
         progress.report(Event::Note(&format!(
             "note: {} gold word boundaries fall inside a number or Latin unit and cannot be learned",
@@ -142,7 +142,9 @@ fn crossfit_copies(
     cfg: &TrainConfig,
     progress: Progress<'_>,
 ) -> Result<std::result::Result<Vec<PathBuf>, Summary>> {
-    let n = cfg.crossfit_folds;
+    let SoftSource::CrossFit { folds: n, .. } = cfg.soft_source() else {
+        return Ok(Ok(Vec::new()));
+    };
     let mut dirs = Vec::with_capacity(n);
     for k in 0..n {
         let mut c = cfg.clone();
@@ -151,7 +153,7 @@ fn crossfit_copies(
         c.output_dir = cfg.output_dir.join("crossfit").join(k.to_string());
         let last = c.output_dir.join("last");
         let state = last
-            .join("trainer_state.json")
+            .join(crate::model_dir::TRAINER_STATE_FILE)
             .is_file()
             .then(|| state::read_state(&last))
             .transpose()?;
@@ -211,7 +213,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         let resumed = resume_from.map(state::read_state).transpose()?;
         let words = cfg.words.as_deref().map(read_word_set).transpose()?;
-        let mut tagger = build::build_tagger(cfg, &data, resume_from)?;
+        let mut tagger = build::build_tagger(cfg, &data, resume_from, progress)?;
         if !tagger.device.is_cpu() {
             // Dropout masks are drawn on the device there; seed its generator.
             tagger.device.set_seed(cfg.seed)?;
@@ -398,10 +400,7 @@ impl<'a> Trainer<'a> {
             &self.biases,
         )?;
         if self.cfg.tune_boundary_bias {
-            self.tagger.config.extra.insert(
-                crate::tagger::BOUNDARY_BIAS_KEY.into(),
-                serde_json::json!(bias),
-            );
+            self.tagger.config.cws.boundary_bias = Some(bias);
         }
         let f1 = c.f1();
         let improved = self.state.best_dev_f1.is_none_or(|b| f1 > b);

@@ -4,8 +4,9 @@
 //! them for a batch.
 
 use crate::bies::NUM_LABELS;
-use crate::config::TrainConfig;
+use crate::config::{SoftSource, TrainConfig};
 use crate::encode::{split_at_punctuation, Batch, Window};
+use crate::model::Extensions;
 use crate::tagger::Tagger;
 use crate::units::{units_of_words, Unit};
 use anyhow::{bail, Context, Result};
@@ -32,33 +33,31 @@ impl SoftTargets {
         train: &[Vec<String>],
         train_windows: &[Window],
     ) -> Result<Self> {
-        if !copies.is_empty() {
-            let copies = copies
-                .iter()
-                .map(|d| Tagger::load(&d.to_string_lossy(), &student.device))
-                .collect::<Result<Vec<_>>>()?;
-            let targets = crossfit_targets(&copies, train, cfg.max_length - 2)?;
-            if targets.len() != train_windows.len()
-                || targets
+        let weight = match cfg.soft_source() {
+            SoftSource::None => return Ok(Self::None),
+            SoftSource::Teachers { models, weight } => {
+                let teachers = models
                     .iter()
-                    .zip(train_windows)
-                    .any(|(t, w)| t.len() != w.ids.len())
-            {
-                bail!(
-                    "internal error: cross-fitted targets do not line up with the training windows"
-                );
+                    .map(|dir| load_teacher(dir, student))
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(Self::Teachers(teachers, weight));
             }
-            return Ok(Self::CrossFit(targets, cfg.crossfit_weight));
-        }
-        if cfg.distill_from.is_empty() {
-            return Ok(Self::None);
-        }
-        let teachers = cfg
-            .distill_from
+            SoftSource::CrossFit { weight, .. } => weight,
+        };
+        let copies = copies
             .iter()
-            .map(|dir| load_teacher(dir, student))
+            .map(|d| crate::model_dir::load(&d.to_string_lossy(), &student.device))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self::Teachers(teachers, cfg.distill_weight))
+        let targets = crossfit_targets(&copies, train, cfg.max_length - 2)?;
+        if targets.len() != train_windows.len()
+            || targets
+                .iter()
+                .zip(train_windows)
+                .any(|(t, w)| t.len() != w.ids.len())
+        {
+            bail!("internal error: cross-fitted targets do not line up with the training windows");
+        }
+        Ok(Self::CrossFit(targets, weight))
     }
 
     /// The soft targets of a batch (windows `idx`) and their weight.
@@ -90,7 +89,7 @@ fn load_teacher(dir: &Path, student: &Tagger) -> Result<Teacher> {
     let source = dir
         .to_str()
         .with_context(|| format!("{}: not a UTF-8 path", dir.display()))?;
-    let teacher = Tagger::load(source, &student.device)
+    let teacher = crate::model_dir::load(source, &student.device)
         .with_context(|| format!("loading the teacher {}", dir.display()))?;
     let ids = student
         .vocab
@@ -98,30 +97,25 @@ fn load_teacher(dir: &Path, student: &Tagger) -> Result<Teacher> {
         .iter()
         .map(|t| teacher.vocab.id(t))
         .collect();
-    let width = |t: &Tagger| {
-        t.config
-            .extra
-            .get(crate::features::LEXICON_KEY)
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0) as usize
-    };
-    let lexicon_bits_only = width(&teacher) == crate::features::LEXICON_FEATURES
-        && width(student)
+    let (t, s) = (teacher.config.cws, student.config.cws);
+    let lexicon_bits_only = t.lexicon_features == crate::features::LEXICON_FEATURES
+        && s.lexicon_features
             == crate::features::LEXICON_FEATURES + crate::features::LIST_STAT_FEATURES;
-    for key in [
-        crate::features::LEXICON_KEY,
-        crate::features::BIGRAM_KEY,
-        crate::features::BIGRAM_SEEN_KEY,
-    ] {
-        let (t, s) = (teacher.config.extra.get(key), student.config.extra.get(key));
-        if t != s && !(key == crate::features::LEXICON_KEY && lexicon_bits_only) {
-            bail!(
-                "the teacher {} reads other features than the model being trained ({key}: {} against {})",
-                dir.display(),
-                t.map_or("none".into(), |v| v.to_string()),
-                s.map_or("none".into(), |v| v.to_string())
-            );
-        }
+    let comparable = Extensions {
+        lexicon_features: if lexicon_bits_only {
+            s.lexicon_features
+        } else {
+            t.lexicon_features
+        },
+        ..t
+    };
+    if !comparable.same_features(&s) {
+        bail!(
+            "the teacher {} reads other features than the model being trained \
+             (its config.json against the student's: {})",
+            dir.display(),
+            t.describe_features_against(&s)
+        );
     }
     Ok(Teacher {
         tagger: teacher,
@@ -144,7 +138,7 @@ fn teacher_probs(teachers: &[Teacher], batch: &Batch) -> Result<Tensor> {
             .to_dtype(batch.input_ids.dtype())?;
         let bits_only;
         let features = if t.lexicon_bits_only {
-            bits_only = crate::features::BatchFeatures {
+            bits_only = crate::model::BatchFeatures {
                 lexicon: match &batch.features.lexicon {
                     Some(l) => Some(l.narrow(2, 0, crate::features::LEXICON_FEATURES)?),
                     None => None,

@@ -2,8 +2,10 @@
 //! checkpoints (written atomically; `last` with the optimizer and trainer
 //! state that `--resume` needs), and the JSON-lines metrics log.
 
-use crate::config::TrainConfig;
+use super::{Event, Progress};
+use crate::config::{SoftSource, TrainConfig};
 use crate::features::FeatureSpec;
+use crate::model_dir::{self, OPTIMIZER_FILE, RECIPE_FILE, TRAINER_STATE_FILE};
 use crate::optim::AdamW;
 use crate::output::AtomicFile;
 use crate::tagger::Tagger;
@@ -36,12 +38,12 @@ pub(super) fn save_checkpoint(
     resume: Option<(&AdamW, &TrainerState)>,
 ) -> Result<()> {
     crate::checkpoint::write_atomic(dest, |tmp| {
-        tagger.save(tmp, DType::F32, features)?;
-        std::fs::write(tmp.join("cws-train.toml"), cfg.to_toml())?;
+        model_dir::save(tagger, tmp, DType::F32, features)?;
+        std::fs::write(tmp.join(RECIPE_FILE), cfg.to_toml())?;
         if let Some((opt, state)) = resume {
-            opt.save_state(tmp.join("optimizer.safetensors"))?;
+            opt.save_state(tmp.join(OPTIMIZER_FILE))?;
             std::fs::write(
-                tmp.join("trainer_state.json"),
+                tmp.join(TRAINER_STATE_FILE),
                 serde_json::to_string_pretty(state)?,
             )?;
         }
@@ -76,30 +78,34 @@ pub(super) fn truncate_log_after(path: &Path, step: u64) -> Result<()> {
 
 /// The trainer state saved with a `last` checkpoint.
 pub(super) fn read_state(dir: &Path) -> Result<TrainerState> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)
-        .context("reading trainer_state.json")
+    serde_json::from_str(&std::fs::read_to_string(dir.join(TRAINER_STATE_FILE))?)
+        .with_context(|| format!("reading {TRAINER_STATE_FILE}"))
 }
 
 /// The checkpoint `--resume` continues from: the run's `last`, or none when
 /// the run stopped before its first one (it starts again from step 0) or
 /// inside one of its cross-fitted copies. Checkpoints that a killed process
 /// was writing are put in order first.
-pub(super) fn resume_point(cfg: &TrainConfig, resume: bool) -> Result<Option<PathBuf>> {
+pub(super) fn resume_point(
+    cfg: &TrainConfig,
+    resume: bool,
+    progress: Progress<'_>,
+) -> Result<Option<PathBuf>> {
     let last = cfg.output_dir.join("last");
     if resume {
         for dest in [&last, &cfg.output_dir.join("best")] {
             crate::checkpoint::recover_atomic(dest)?;
         }
     }
-    match (resume, last.join("trainer_state.json").is_file()) {
+    match (resume, last.join(TRAINER_STATE_FILE).is_file()) {
         (true, true) => Ok(Some(last)),
         (true, false) => {
             // A cross-fitted run's copies say where they resume.
-            if cfg.crossfit_folds == 0 {
-                eprintln!(
+            if !matches!(cfg.soft_source(), SoftSource::CrossFit { .. }) {
+                progress.report(Event::Note(&format!(
                     "--resume: no checkpoint in {} yet; starting from the first step",
                     cfg.output_dir.display()
-                );
+                )));
             }
             Ok(None)
         }
@@ -115,7 +121,7 @@ pub(super) fn resume(
     total: u64,
     opt: &mut AdamW,
 ) -> Result<TrainerState> {
-    opt.load_state(dir.join("optimizer.safetensors"))?;
+    opt.load_state(dir.join(OPTIMIZER_FILE))?;
     if resumed.total_steps != total {
         bail!(
             "--resume: the checkpoint was trained for {} steps but this config gives {total}; resume with the same config",
