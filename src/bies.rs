@@ -123,19 +123,78 @@ impl LabelSet {
     }
 }
 
+/// Scores a label path collects besides its units' own: for each pair of
+/// neighbours, for its first and for its last label. −∞ forbids.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transitions {
+    /// `pair[p][l]`: label p followed by label l.
+    pub pair: [[f32; NUM_LABELS]; NUM_LABELS],
+    pub start: [f32; NUM_LABELS],
+    pub end: [f32; NUM_LABELS],
+}
+
+impl Transitions {
+    /// Every path allowed, none preferred.
+    pub const ZERO: Transitions = Transitions {
+        pair: [[0.0; NUM_LABELS]; NUM_LABELS],
+        start: [0.0; NUM_LABELS],
+        end: [0.0; NUM_LABELS],
+    };
+
+    /// Only valid BIES sequences, none preferred (softmax models).
+    pub fn bies() -> Transitions {
+        Transitions::ZERO.restricted_to_bies()
+    }
+
+    /// These scores with every transition that breaks BIES forbidden (a CRF
+    /// model's learned scores, for decoding).
+    pub fn restricted_to_bies(mut self) -> Transitions {
+        let neg = f32::NEG_INFINITY;
+        for l in LABELS {
+            if !l.opens() {
+                self.start[l.id()] = neg;
+            }
+            if !l.closes() {
+                self.end[l.id()] = neg;
+            }
+            for p in LABELS {
+                if !l.may_follow(p) {
+                    self.pair[p.id()][l.id()] = neg;
+                }
+            }
+        }
+        self
+    }
+}
+
 /// The highest-scoring valid label sequence for per-unit scores (e.g. logits or
 /// log-probabilities, added along the path), optionally restricted per unit.
 /// When the restrictions leave no valid path, they are dropped for the units
 /// where they conflict (see the fallback below) rather than failing.
 pub fn viterbi(scores: &[[f32; NUM_LABELS]], allowed: Option<&[LabelSet]>) -> Vec<Label> {
-    if let Some(path) = viterbi_inner(scores, allowed) {
-        return path;
-    }
-    // Conflicting constraints: decode without them. Never fails for n ≥ 1.
-    viterbi_inner(scores, None).unwrap_or_default()
+    viterbi_with(scores, allowed, &Transitions::bies())
 }
 
-fn viterbi_inner(scores: &[[f32; NUM_LABELS]], allowed: Option<&[LabelSet]>) -> Option<Vec<Label>> {
+/// [`viterbi`] with the path scores `trans` (e.g. a CRF's, restricted to
+/// BIES): the best path by unit scores plus transition, start and end scores.
+pub fn viterbi_with(
+    scores: &[[f32; NUM_LABELS]],
+    allowed: Option<&[LabelSet]>,
+    trans: &Transitions,
+) -> Vec<Label> {
+    if let Some(path) = viterbi_inner(scores, allowed, trans) {
+        return path;
+    }
+    // Conflicting constraints: decode without them. Never fails for n ≥ 1
+    // while some path is allowed.
+    viterbi_inner(scores, None, trans).unwrap_or_default()
+}
+
+fn viterbi_inner(
+    scores: &[[f32; NUM_LABELS]],
+    allowed: Option<&[LabelSet]>,
+    trans: &Transitions,
+) -> Option<Vec<Label>> {
     let n = scores.len();
     if n == 0 {
         return Some(Vec::new());
@@ -145,8 +204,8 @@ fn viterbi_inner(scores: &[[f32; NUM_LABELS]], allowed: Option<&[LabelSet]>) -> 
     let mut best = vec![[neg; NUM_LABELS]; n];
     let mut back = vec![[0u8; NUM_LABELS]; n];
     for l in LABELS {
-        if l.opens() && ok(0, l) {
-            best[0][l.id()] = scores[0][l.id()];
+        if trans.start[l.id()] > neg && ok(0, l) {
+            best[0][l.id()] = scores[0][l.id()] + trans.start[l.id()];
         }
     }
     for i in 1..n {
@@ -157,8 +216,8 @@ fn viterbi_inner(scores: &[[f32; NUM_LABELS]], allowed: Option<&[LabelSet]>) -> 
             let mut arg = None;
             let mut top = neg;
             for p in LABELS {
-                let s = best[i - 1][p.id()];
-                if l.may_follow(p) && s > neg && (arg.is_none() || s > top) {
+                let s = best[i - 1][p.id()] + trans.pair[p.id()][l.id()];
+                if s > neg && (arg.is_none() || s > top) {
                     top = s;
                     arg = Some(p);
                 }
@@ -169,10 +228,12 @@ fn viterbi_inner(scores: &[[f32; NUM_LABELS]], allowed: Option<&[LabelSet]>) -> 
             }
         }
     }
-    let last = [Label::E, Label::S]
+    let last = LABELS
         .into_iter()
-        .filter(|l| best[n - 1][l.id()] > neg)
-        .max_by(|a, b| best[n - 1][a.id()].total_cmp(&best[n - 1][b.id()]))?;
+        .map(|l| (l, best[n - 1][l.id()] + trans.end[l.id()]))
+        .filter(|(_, s)| *s > neg)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(l, _)| l)?;
     let mut path = vec![last; n];
     for i in (1..n).rev() {
         path[i - 1] = LABELS[back[i][path[i].id()] as usize];

@@ -94,6 +94,11 @@ pub struct TrainConfig {
     /// and save it with the checkpoint; `cws segment` then decodes with it.
     #[serde(default)]
     pub tune_boundary_bias: bool,
+    /// Output layer: `softmax` (a label per unit) or `crf` (learned label
+    /// transitions, trained on the sequence's likelihood). Fresh or
+    /// pretrained models.
+    #[serde(default)]
+    pub head: crate::model::Head,
     /// With bigram features: only bigrams seen this many times in the training
     /// split get a bucket; others share the "unseen" one (saved hashed as
     /// bigrams.safetensors). 0 = every bigram is hashed to a bucket.

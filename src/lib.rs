@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod corpus;
+pub mod crf;
 pub mod dict;
 pub mod encode;
 pub mod features;

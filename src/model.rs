@@ -14,6 +14,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
+use crate::crf::Crf;
+
 /// HF `config.json` of a BERT model. Keys we do not use are kept in `extra` so a
 /// config read from a checkpoint is written back unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +75,18 @@ pub struct Extensions {
     /// Added to the scores of word-ending labels before decoding, chosen on dev.
     #[serde(rename = "cws_boundary_bias", default)]
     pub boundary_bias: Option<f32>,
+    /// The output layer over the per-unit label scores.
+    #[serde(rename = "cws_head", default)]
+    pub head: Head,
+}
+
+/// The output layer: a softmax per unit, or a CRF over the sequence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    #[default]
+    Softmax,
+    Crf,
 }
 
 impl Extensions {
@@ -91,6 +105,9 @@ impl Extensions {
         }
         if let Some(b) = self.boundary_bias {
             out.push(("cws_boundary_bias", json!(b)));
+        }
+        if self.head == Head::Crf {
+            out.push(("cws_head", json!(self.head)));
         }
         out
     }
@@ -434,6 +451,8 @@ pub struct BertForTokenClassification {
     emb_ln: LayerNorm,
     layers: Vec<Layer>,
     classifier: Linear,
+    /// The CRF over the classifier's scores, for `cws_head = "crf"`.
+    crf: Option<Crf>,
     num_heads: usize,
     head_dim: usize,
     act: Activation,
@@ -505,7 +524,12 @@ impl BertForTokenClassification {
             });
         }
         let classifier = Linear::new(vb.pp("classifier"), h, cfg.num_labels())?;
+        let crf = match cfg.cws.head {
+            Head::Softmax => None,
+            Head::Crf => Some(Crf::new(vb.pp(crate::crf::PREFIX))?),
+        };
         Ok(Self {
+            crf,
             dtype: word_embeddings.dtype(),
             compute: word_embeddings.dtype(),
             word_embeddings,
@@ -541,6 +565,11 @@ impl BertForTokenClassification {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The CRF output layer, for a model with `cws_head = "crf"`.
+    pub fn crf(&self) -> Option<&Crf> {
+        self.crf.as_ref()
     }
 
     /// Mixed precision (autocast-style): activations and matmuls in `dtype`
@@ -716,7 +745,11 @@ pub fn init_weights(varmap: &VarMap, cfg: &BertConfig, seed: u64) -> Result<()> 
         let var = &data[name];
         let shape = var.shape().clone();
         let n = shape.elem_count();
-        let values: Vec<f32> = if name.contains("LayerNorm") {
+        let values: Vec<f32> = if name.starts_with("crf.") {
+            // As pytorch-crf initialises its scores.
+            let uniform = rand_distr::Uniform::new(-0.1f32, 0.1)?;
+            (0..n).map(|_| uniform.sample(&mut rng)).collect()
+        } else if name.contains("LayerNorm") {
             let v = if name.ends_with(".weight") { 1.0 } else { 0.0 };
             vec![v; n]
         } else if name.ends_with(".bias") {

@@ -9,7 +9,9 @@
 //! its scores from the window in which it sits farthest from an edge. Nothing
 //! is ever truncated.
 
-use crate::bies::{argmax, viterbi, words_from_labels, Label, LabelSet, NUM_LABELS};
+use crate::bies::{
+    argmax, viterbi_with, words_from_labels, Label, LabelSet, Transitions, NUM_LABELS,
+};
 use crate::dict::Dictionary;
 use crate::encode::{make_batch, split_sentences, Vocab, Window};
 use crate::features::{FeatureSpec, UnitFeatures};
@@ -165,6 +167,9 @@ pub struct ModelSplitter<'a> {
     /// positive splits more, negative less. Chosen on dev during training and
     /// stored in the model's config as `cws_boundary_bias`.
     pub boundary_bias: f32,
+    /// Path scores for Viterbi: BIES validity, plus a CRF model's learned
+    /// transition, start and end scores.
+    pub transitions: Transitions,
 }
 
 /// Label scores of chunks, cut into sentences, ready to decode.
@@ -177,14 +182,19 @@ pub struct Scored {
 
 impl<'a> ModelSplitter<'a> {
     /// A splitter with the model's own boundary bias.
-    pub fn new(tagger: &'a Tagger, decode: Decode, dict: Option<&'a Dictionary>) -> Self {
+    pub fn new(tagger: &'a Tagger, decode: Decode, dict: Option<&'a Dictionary>) -> Result<Self> {
         let boundary_bias = tagger.config.cws.boundary_bias.unwrap_or(0.0);
-        ModelSplitter {
+        let transitions = match tagger.model.crf() {
+            Some(crf) => crf.scores()?.restricted_to_bies(),
+            None => Transitions::bies(),
+        };
+        Ok(ModelSplitter {
             tagger,
             decode,
             dict,
             boundary_bias,
-        }
+            transitions,
+        })
     }
 
     /// Runs the model over every sentence of every chunk.
@@ -233,7 +243,11 @@ impl<'a> ModelSplitter<'a> {
                     std::borrow::Cow::Owned(biased)
                 };
                 let labels = match self.decode {
-                    Decode::Viterbi => viterbi(&sc, allowed.as_ref().map(|a| &a[r.clone()])),
+                    Decode::Viterbi => viterbi_with(
+                        &sc,
+                        allowed.as_ref().map(|a| &a[r.clone()]),
+                        &self.transitions,
+                    ),
                     Decode::Argmax => match &allowed {
                         Some(a) => argmax(&mask_scores(&sc, &a[r.clone()])),
                         None => argmax(&sc),

@@ -93,6 +93,8 @@ pub fn load_tensors(
             None if head_absent && opts.allow_missing_head && name.starts_with("classifier.") => {
                 report.head_missing = true;
             }
+            // A CRF added to a model trained without one starts fresh.
+            None if opts.allow_missing_head && name.starts_with("crf.") => {}
             None => problems.push(format!("  {name}: missing (expected {:?})", var.dims())),
             Some(t) if t.dims() != var.dims() => problems.push(format!(
                 "  {name}: expected shape {:?}, found {:?}",

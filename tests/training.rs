@@ -584,6 +584,7 @@ fn every_config_field_is_settable_from_the_command_line() {
         ("heldout_folds", "5"),
         ("heldout_hide", "0.6"),
         ("tune_boundary_bias", "true"),
+        ("head", "\"crf\""),
         ("bigram_min_count", "2"),
         ("dev_oov_rate", "0.05"),
         ("dev_oov_reference", "\"ref.txt\""),
@@ -687,4 +688,78 @@ fn readme_example_configs_load_and_train() {
             assert_eq!(s.steps, 2);
         }
     }
+}
+
+/// A CRF head trains (loss falls, transitions move), resumes to identical
+/// weights, is saved with its scores and `cws_head`, exports to f16 and
+/// segments losslessly.
+#[test]
+fn crf_head_trains_resumes_exports_and_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let crf = |name: &str| {
+        let mut c = config(tmp.path(), name, 12);
+        c.head = cws::model::Head::Crf;
+        c
+    };
+    let full = crf("full");
+    let s = train_until(&full, false, Progress::Quiet, None).unwrap();
+    assert!(
+        s.best_dev_f1.unwrap() > 0.5,
+        "a tiny CRF model learns a 24-word lexicon: dev F1 {:?}",
+        s.best_dev_f1
+    );
+    let parted = crf("parted");
+    let first = train_until(&parted, false, Progress::Quiet, Some(5)).unwrap();
+    assert!(first.interrupted);
+    train_until(&parted, true, Progress::Quiet, None).unwrap();
+    assert_eq!(
+        weights(&tmp.path().join("full")),
+        weights(&tmp.path().join("parted"))
+    );
+
+    let last = tmp.path().join("full/last");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(last.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["cws_head"], "crf");
+    let tensors =
+        candle_core::safetensors::load(last.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let trained = tensors["crf.transitions"].flatten_all().unwrap();
+    let trained: Vec<f32> = trained.to_vec1().unwrap();
+    assert_eq!(trained.len(), 16);
+    assert!(
+        trained.iter().any(|v| v.abs() > 0.1),
+        "transitions were trained: {trained:?}"
+    );
+
+    let export = tmp.path().join("export");
+    let out = run_cws(
+        &[
+            "export",
+            "--model",
+            last.to_str().unwrap(),
+            "--output",
+            export.to_str().unwrap(),
+            "--dtype",
+            "f16",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input = "研究生命的起源\r\n\n  计算机 abc 123\n";
+    let out = run_cws(
+        &["segment", "--model", export.to_str().unwrap()],
+        input.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.replace(' ', ""), input.replace(' ', ""));
 }

@@ -184,7 +184,7 @@ fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line
             .collect();
         tagger.features.hide_words(keys.iter().map(Vec::as_slice));
     }
-    let splitter = ModelSplitter::new(&tagger, Decode::Viterbi, None);
+    let splitter = ModelSplitter::new(&tagger, Decode::Viterbi, None)?;
     let texts: Vec<(usize, String)> = gold
         .iter()
         .map(|l| (l.number, split_words(&l.text).concat()))

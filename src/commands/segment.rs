@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
         (None, model) => {
             let device = open_device(parse_device(&args.device)?)?;
             tagger = model_dir::load_or_default(model.as_deref(), &device)?;
-            let mut splitter = ModelSplitter::new(&tagger, args.decode, user_dict.as_ref());
+            let mut splitter = ModelSplitter::new(&tagger, args.decode, user_dict.as_ref())?;
             if let Some(b) = args.boundary_bias {
                 splitter.boundary_bias = b;
             }

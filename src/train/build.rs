@@ -48,6 +48,7 @@ pub(super) fn build_tagger(
         );
     }
     config.set_labels(&LABEL_NAMES);
+    config.cws.head = cfg.head;
     if let Some(p) = cfg.dropout {
         config.hidden_dropout_prob = p;
         config.attention_probs_dropout_prob = p;

@@ -40,7 +40,7 @@ pub fn evaluate(
             units: split_units(t),
         })
         .collect();
-    let splitter = ModelSplitter::new(tagger, Decode::Viterbi, None);
+    let splitter = ModelSplitter::new(tagger, Decode::Viterbi, None)?;
     let scored = splitter.score(&chunks)?;
     let gold: Vec<Line> = dev
         .iter()

@@ -86,7 +86,10 @@ impl Stepper {
             &batch.features,
             Some(&mut dropout),
         )?;
-        let mut loss = masked_cross_entropy(&logits, labels)?;
+        let mut loss = match tagger.model.crf() {
+            Some(crf) => crf.loss(&logits, labels)?,
+            None => masked_cross_entropy(&logits, labels)?,
+        };
         if let Some((soft, a)) = soft {
             loss =
                 ((loss * (1.0 - a))? + (masked_soft_cross_entropy(&logits, &soft, labels)? * a)?)?;
