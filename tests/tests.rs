@@ -12,4 +12,5 @@ mod model;
 mod properties;
 mod safety;
 mod scoring;
+mod segment_io;
 mod training;

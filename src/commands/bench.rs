@@ -6,7 +6,7 @@ use crate::bench::{measure, peak_rss_mib, Case, Matmul, Shape, BATCH, SEQ};
 use crate::commands::segment::set_threads;
 use crate::config::{open_device, parse_device};
 use crate::dict::Dictionary;
-use crate::segment::{segment_stream, Format, StreamOptions, WordSplitter};
+use crate::segment::{segment_stream, StreamOptions, WordSplitter};
 use crate::tagger::{Decode, ModelSplitter};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
@@ -197,10 +197,8 @@ fn run_segment(a: SegmentArgs) -> Result<()> {
         let mut sink = std::io::sink();
         let t0 = Instant::now();
         let opts = StreamOptions {
-            format: Format::Text,
-            delimiter: " ",
-            batch_bytes: 64 * 1024,
             input_name: "bench",
+            ..Default::default()
         };
         let mut reader = std::io::BufReader::with_capacity(text.len().max(1), text.as_slice());
         segment_stream(&mut reader, &mut sink, splitter.as_ref(), &opts)?;

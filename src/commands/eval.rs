@@ -1,5 +1,6 @@
 //! `cws eval`: SIGHAN-compatible scores of a predicted segmentation.
 
+use super::progress::{Meter, ProgressStyle};
 use crate::config::{open_device, parse_device};
 use crate::corpus::{
     read_lines, read_word_list, read_word_set, split_words, unsegmented_lines, Line,
@@ -7,7 +8,7 @@ use crate::corpus::{
 use crate::features::Lexicon;
 use crate::output::{refuse_overwriting_input, AtomicFile};
 use crate::score::{score_lines, Counts};
-use crate::segment::segment_to_lines;
+use crate::segment::{segment_to_lines, Progress};
 use crate::tagger::{Decode, ModelSplitter};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
@@ -47,6 +48,10 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
+    /// With --model: progress of the segmentation on stderr (never stdout):
+    /// bytes done, chars/s, ETA.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressStyle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -189,7 +194,11 @@ fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line
         .iter()
         .map(|l| (l.number, split_words(&l.text).concat()))
         .collect();
-    let pred = segment_to_lines(&texts, &splitter, "  ")?;
+    let total = texts.iter().map(|(_, t)| t.len() as u64).sum();
+    let meter = Meter::new(args.progress, Some(total));
+    let show = |p: &Progress| meter.update(p);
+    let pred = segment_to_lines(&texts, &splitter, "  ", Some(&show))?;
+    meter.finish();
     if let Some(p) = &args.save_pred {
         let mut file = AtomicFile::create(p)?;
         for l in &pred {

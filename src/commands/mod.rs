@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod progress;
 pub mod segment;
 pub mod signals;
 pub mod train;

@@ -4,6 +4,7 @@
 //! a finished run without `--resume` or `--overwrite`), signals (SIGINT and
 //! SIGTERM save `last` and exit 130 / 143), and the closing message.
 
+use super::progress::ProgressStyle;
 use super::signals;
 use crate::config::{resolve_paths, TrainConfig};
 use crate::output::{folder_state, foreign_files_error, FolderState};
@@ -39,8 +40,9 @@ pub struct Args {
     /// word is a string); repeatable. Unknown keys are errors.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// bar: a progress bar (on a terminal) and a line per dev score; quiet:
-    /// notes only. The metrics log is written either way.
+    /// bar / auto: a progress bar (on a terminal) and a line per dev score;
+    /// summary: a line per dev score, no bar; quiet: notes only. The metrics
+    /// log is written either way.
     #[arg(long, value_enum, default_value = "bar")]
     pub progress: ProgressStyle,
     /// Override `model`.
@@ -344,23 +346,17 @@ pub fn run(args: Args) -> Result<()> {
     report(&s)
 }
 
-/// How `cws train` shows progress on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressStyle {
-    Bar,
-    Quiet,
-}
-
 /// Shows one event of a run: a fresh bar for each run or cross-fitted copy
-/// (hidden with `--progress quiet`, which prints only the notes).
+/// (hidden with `--progress summary`, which prints the dev scores as lines,
+/// and `--progress quiet`, which prints only the notes).
 fn draw(bar: &std::cell::RefCell<indicatif::ProgressBar>, style: ProgressStyle, event: Event<'_>) {
     let mut bar = bar.borrow_mut();
     match event {
         Event::Note(line) => bar.suspend(|| eprintln!("{line}")),
         Event::Started { total, at } => {
             *bar = match style {
-                ProgressStyle::Bar => indicatif::ProgressBar::new(total),
-                ProgressStyle::Quiet => indicatif::ProgressBar::hidden(),
+                ProgressStyle::Auto | ProgressStyle::Bar => indicatif::ProgressBar::new(total),
+                ProgressStyle::Summary | ProgressStyle::Quiet => indicatif::ProgressBar::hidden(),
             };
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -381,12 +377,18 @@ fn draw(bar: &std::cell::RefCell<indicatif::ProgressBar>, style: ProgressStyle, 
                 "loss {loss:.4}  lr {lr:.2e}  {units_per_s:.0} units/s"
             ));
         }
-        Event::Evaluated { step, dev, best_f1 } => bar.println(format!(
-            "step {step}: dev F1 {:.4} (P {:.4} R {:.4}), best {best_f1:.4}",
-            dev.f1(),
-            dev.precision(),
-            dev.recall()
-        )),
+        Event::Evaluated { step, dev, best_f1 } => {
+            let line = format!(
+                "step {step}: dev F1 {:.4} (P {:.4} R {:.4}), best {best_f1:.4}",
+                dev.f1(),
+                dev.precision(),
+                dev.recall()
+            );
+            match style {
+                ProgressStyle::Summary => eprintln!("{line}"),
+                _ => bar.println(line),
+            }
+        }
         Event::Finished => bar.finish_and_clear(),
     }
 }
