@@ -366,6 +366,9 @@ impl TrainConfig {
         if self.crossfit_folds > 0 && self.lexicon_examples > 0.0 {
             bail!("crossfit_folds cannot label lexicon_examples pseudo-sentences: set one of them");
         }
+        if !self.distill_from.is_empty() && self.lexicon_examples > 0.0 {
+            bail!("distill_from teachers label the training sentences, not lexicon_examples pseudo-sentences: set one of them");
+        }
         if let Some([k, n]) = self.exclude_fold {
             if n < 2 || k >= n {
                 bail!("exclude_fold = [k, n] needs n >= 2 and k < n (found [{k}, {n}])");

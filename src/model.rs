@@ -111,35 +111,6 @@ impl Extensions {
         }
         out
     }
-
-    /// The unit features a model with these extensions reads: (lexicon
-    /// width, bigram buckets, seen-bigram list).
-    fn features(&self) -> (usize, usize, bool) {
-        (self.lexicon_features, self.bigram_buckets, self.bigram_seen)
-    }
-
-    /// Whether a model with these extensions reads the same unit features
-    /// (the boundary bias aside).
-    pub fn same_features(&self, other: &Extensions) -> bool {
-        self.features() == other.features()
-    }
-
-    /// The feature keys that differ from `other`'s, as `key: mine against
-    /// theirs`.
-    pub fn describe_features_against(&self, other: &Extensions) -> String {
-        let (a, b) = (self.features(), other.features());
-        let mut out = Vec::new();
-        if a.0 != b.0 {
-            out.push(format!("cws_lexicon_features: {} against {}", a.0, b.0));
-        }
-        if a.1 != b.1 {
-            out.push(format!("cws_bigram_buckets: {} against {}", a.1, b.1));
-        }
-        if a.2 != b.2 {
-            out.push(format!("cws_bigram_seen: {} against {}", a.2, b.2));
-        }
-        out.join(", ")
-    }
 }
 
 /// Padded unit-feature tensors of a batch, laid out like its `input_ids`

@@ -33,6 +33,16 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
     out
 }
 
+/// The shared bert-base-chinese tokenizer/config folder (`$CWS_SHARED_DIR`,
+/// else ../shared, `models/bert-base-chinese`), or `None` (tests then skip).
+pub fn shared_model_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("CWS_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let dir = base.join("models").join("bert-base-chinese");
+    dir.join("config.json").is_file().then_some(dir)
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -19,14 +19,7 @@ const MAIN_COMMIT: &str = "8d2a91f91cc38c96bb8b4556ba70c392f8d5ee55";
 /// An older commit, tagged `v1`, holding only the fallback files.
 const OLD_COMMIT: &str = "38fda776740d17609554e879e3ac7b9837bdb5ee";
 
-/// The shared bert-base-chinese tokenizer/config folder, or `None` (tests then skip).
-fn shared_model_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("CWS_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let dir = base.join("models").join(REPO);
-    dir.join("config.json").is_file().then_some(dir)
-}
+use crate::common::shared_model_dir;
 
 macro_rules! shared_or_skip {
     () => {
