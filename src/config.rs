@@ -40,17 +40,25 @@ pub struct TrainConfig {
     /// bigram), saved with the model as liststats.safetensors.
     #[serde(default)]
     pub lexicon_stats: bool,
-    /// Teacher models (folders trained on the same data, reading the same
-    /// features, or only the lexicon bits of a student with `lexicon_stats`;
-    /// vocabularies are matched by token): the loss mixes the gold labels with
-    /// the teachers' mean label probabilities on the same inputs
-    /// (distillation); empty = off.
+    /// Teacher models (folders saved by `cws train`, of any size, vocabulary
+    /// and features; each reads the sentences its own way): the loss mixes the
+    /// gold labels with the teachers' mean label probabilities (distillation);
+    /// empty = off.
     #[serde(default)]
     pub distill_from: Vec<PathBuf>,
     /// Weight of the teachers' probabilities in the loss (the gold labels get
     /// the rest).
     #[serde(default = "default_distill_weight")]
     pub distill_weight: f64,
+    /// Raw, unsegmented text files (one sentence or paragraph per line) that
+    /// the `distill_from` teachers label before training (cached in
+    /// `OUTPUT_DIR/distill-text.safetensors`); their windows join the
+    /// training data with the teachers' probabilities as their only targets.
+    #[serde(default)]
+    pub distill_text: Vec<PathBuf>,
+    /// Weight of the `distill_text` windows' loss beside the gold windows'.
+    #[serde(default = "default_distill_weight")]
+    pub distill_text_weight: f64,
     /// Cross-fitted self-distillation: first train this many copies of the
     /// recipe (in `OUTPUT_DIR/crossfit/K`), copy K without the training
     /// sentences whose index is K modulo this number; then the loss mixes the
@@ -208,7 +216,7 @@ impl Precision {
 
 /// The fields that hold paths: relative ones are taken relative to the
 /// config file's folder (or, given on the command line, the current folder).
-pub const PATH_FIELDS: [&str; 8] = [
+pub const PATH_FIELDS: [&str; 9] = [
     "train",
     "dev",
     "words",
@@ -216,6 +224,7 @@ pub const PATH_FIELDS: [&str; 8] = [
     "dev_oov_reference",
     "output_dir",
     "distill_from",
+    "distill_text",
     "vocab",
 ];
 
@@ -365,6 +374,15 @@ impl TrainConfig {
         }
         if self.crossfit_folds > 0 && self.lexicon_examples > 0.0 {
             bail!("crossfit_folds cannot label lexicon_examples pseudo-sentences: set one of them");
+        }
+        if !self.distill_text.is_empty() && self.distill_from.is_empty() {
+            bail!("distill_text is labelled by the distill_from teachers: name at least one");
+        }
+        if !(self.distill_text_weight >= 0.0 && self.distill_text_weight.is_finite()) {
+            bail!(
+                "distill_text_weight must be 0 or more (found {})",
+                self.distill_text_weight
+            );
         }
         if !self.distill_from.is_empty() && self.lexicon_examples > 0.0 {
             bail!("distill_from teachers label the training sentences, not lexicon_examples pseudo-sentences: set one of them");

@@ -126,9 +126,22 @@ impl Crf {
     /// labelled unit (`pytorch-crf`'s `token_mean`), `logits` `[b, t, c]` and
     /// `labels` i64 `[b, t]` with -100 where a position is not a unit ([CLS],
     /// [SEP], padding). Each row's units must be one run starting at the same
-    /// position in every row (as windows are laid out).
+    /// position in every row (as windows are laid out); rows without labels
+    /// (raw-text windows) are left out.
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-        let rows: Vec<Vec<i64>> = labels.to_dtype(DType::I64)?.to_vec2()?;
+        let all: Vec<Vec<i64>> = labels.to_dtype(DType::I64)?.to_vec2()?;
+        let labelled: Vec<u32> = (0..all.len() as u32)
+            .filter(|&r| all[r as usize].iter().any(|&l| l >= 0))
+            .collect();
+        let (logits, rows) = if labelled.len() == all.len() {
+            (logits.clone(), all)
+        } else {
+            let keep = Tensor::new(labelled.as_slice(), logits.device())?;
+            let rows = labelled.iter().map(|&r| all[r as usize].clone()).collect();
+            (logits.index_select(&keep, 0)?, rows)
+        };
+        let logits = &logits;
+        let rows: Vec<Vec<i64>> = rows;
         let start = rows
             .iter()
             .filter_map(|r| r.iter().position(|&l| l >= 0))

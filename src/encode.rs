@@ -239,7 +239,15 @@ pub fn make_batch(windows: &[&Window], vocab: &Vocab, device: &Device) -> Result
     let b = windows.len();
     let mut ids = vec![vocab.pad; b * t];
     let mut mask = vec![0f32; b * t];
-    let with_labels = windows.iter().all(|w| w.labels.len() == w.ids.len());
+    // Windows without labels (raw text among training windows) are all
+    // IGNORE; a batch where none has labels has no label tensor.
+    let with_labels = windows.iter().any(|w| !w.labels.is_empty());
+    if windows
+        .iter()
+        .any(|w| !w.labels.is_empty() && w.labels.len() != w.ids.len())
+    {
+        bail!("internal error: a window's labels do not match its units");
+    }
     let mut labels = vec![IGNORE; b * t];
     let mut units = 0;
     for (r, w) in windows.iter().enumerate() {

@@ -563,6 +563,8 @@ fn every_config_field_is_settable_from_the_command_line() {
         ("lexicon_stats", "true"),
         ("distill_from", "[\"teacher\"]"),
         ("distill_weight", "0.7"),
+        ("distill_text", "[\"raw.txt\"]"),
+        ("distill_text_weight", "0.8"),
         ("crossfit_folds", "3"),
         ("crossfit_weight", "0.2"),
         ("exclude_fold", "[1, 4]"),
@@ -607,8 +609,12 @@ fn every_config_field_is_settable_from_the_command_line() {
     let here = std::env::current_dir().unwrap();
     for (key, value) in values {
         let set = format!("{key}={value}");
-        let c = resolved(&["--config", base.to_str().unwrap(), "--set", &set])
-            .unwrap_or_else(|e| panic!("--set {set}: {e:#}"));
+        let mut args = vec!["--config", base.to_str().unwrap(), "--set", &set];
+        // Raw text needs a teacher to label it.
+        if *key == "distill_text" {
+            args.extend(["--set", "distill_from=[\"teacher\"]"]);
+        }
+        let c = resolved(&args).unwrap_or_else(|e| panic!("--set {set}: {e:#}"));
         let got = c.to_table().get(*key).cloned();
         let mut want: toml::Value =
             format!("v = {value}").parse::<toml::Table>().unwrap()["v"].clone();
@@ -791,11 +797,21 @@ fn a_bert_base_shaped_teacher_teaches_a_tiny_lexicon_student() {
     .unwrap();
     drop(teacher);
 
+    // docs/distillation.md's recipe, a handful of steps: distil with raw
+    // text, export, segment.
     let words = write_file(tmp.path(), "words.txt", "研究生\n计算机\n".as_bytes());
+    let raw = write_file(
+        tmp.path(),
+        "raw.txt",
+        "他们在北京学习计算机。\n\n今天的工作 abc 123\n".as_bytes(),
+    );
     let run = |name: &str, teacher: Option<&Path>| {
         let mut c = config(tmp.path(), name, 3);
         c.lexicon = Some(words.clone());
-        c.distill_from = teacher.map(|t| vec![t.to_path_buf()]).unwrap_or_default();
+        if let Some(t) = teacher {
+            c.distill_from = vec![t.to_path_buf()];
+            c.distill_text = vec![raw.clone()];
+        }
         c.distill_weight = 0.9;
         assert_eq!(
             train_until(&c, false, Progress::Quiet, None).unwrap().steps,
@@ -804,4 +820,109 @@ fn a_bert_base_shaped_teacher_teaches_a_tiny_lexicon_student() {
         weights(&tmp.path().join(name))
     };
     assert_ne!(run("plain", None), run("taught", Some(&teacher_dir)));
+    let export = tmp.path().join("exported");
+    let out = run_cws(
+        &[
+            "export",
+            "--model",
+            tmp.path().join("taught/best").to_str().unwrap(),
+            "--output",
+            export.to_str().unwrap(),
+            "--dtype",
+            "f16",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input = "他们在北京学习计算机。\n";
+    let out = run_cws(
+        &["segment", "--model", export.to_str().unwrap()],
+        input.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().replace(' ', ""),
+        input
+    );
+}
+
+/// Raw text labelled by a teacher joins training (`distill_text`): the
+/// teacher's labels are cached in the run folder and reused, the student
+/// differs from one taught on the gold sentences alone, a stopped run
+/// resumes to identical weights, and bad input is an error naming the file
+/// and line.
+#[test]
+fn distill_text_trains_on_raw_text_labelled_by_the_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = config(tmp.path(), "teacher", 12);
+    train_until(&teacher, false, Progress::Quiet, None).unwrap();
+    let teacher_dir = tmp.path().join("teacher/last");
+    // Raw text: the corpus with its spaces taken out, blank lines between.
+    let raw_text: String = corpus(60)
+        .lines()
+        .map(|l| format!("{}\n\n", l.replace(' ', "")))
+        .collect();
+    let raw = write_file(tmp.path(), "raw.txt", raw_text.as_bytes());
+    let run = |name: &str, text: bool, stop: Option<u64>| {
+        let mut c = config(tmp.path(), name, 8);
+        c.distill_from = vec![teacher_dir.clone()];
+        if text {
+            c.distill_text = vec![raw.clone()];
+        }
+        train_until(
+            &c,
+            stop.is_none() && name.ends_with("resumed"),
+            Progress::Quiet,
+            stop,
+        )
+        .unwrap();
+        weights(&tmp.path().join(name))
+    };
+    let gold_only = run("gold-only", false, None);
+    let with_text = run("with-text", true, None);
+    assert_ne!(gold_only, with_text);
+    let cache = tmp.path().join("with-text/distill-text.safetensors");
+    assert!(cache.is_file(), "the teacher's labels are cached");
+    let cached_at = std::fs::metadata(&cache).unwrap().modified().unwrap();
+
+    // Stopped after 3 steps, then resumed: the same weights, the cache reused.
+    run("resumed", true, Some(3));
+    let first = std::fs::metadata(tmp.path().join("resumed/distill-text.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(run("resumed", true, None), with_text);
+    let second = std::fs::metadata(tmp.path().join("resumed/distill-text.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(first, second, "the cache is reused on --resume");
+    assert!(cached_at <= second);
+
+    // Raw text without a teacher, and invalid UTF-8 in the raw text.
+    let mut c = config(tmp.path(), "no-teacher", 2);
+    c.distill_text = vec![raw.clone()];
+    let err = format!("{:#}", c.validate().unwrap_err());
+    assert!(err.contains("distill_from"), "{err}");
+    let bad = write_file(
+        tmp.path(),
+        "bad.txt",
+        b"\xe6\x88\x91\xe4\xbb\xac\n\xff\xfe\n",
+    );
+    let mut c = config(tmp.path(), "bad", 2);
+    c.distill_from = vec![teacher_dir];
+    c.distill_text = vec![bad];
+    let err = format!(
+        "{:#}",
+        train_until(&c, false, Progress::Quiet, None).unwrap_err()
+    );
+    assert!(err.contains("bad.txt") && err.contains('2'), "{err}");
 }

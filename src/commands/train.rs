@@ -316,7 +316,12 @@ fn check_inputs(cfg: &TrainConfig) -> Result<()> {
         ("lexicon", cfg.lexicon.as_ref()),
         ("dev_oov_reference", cfg.dev_oov_reference.as_ref()),
     ];
-    for (key, path) in files.iter().filter_map(|(k, p)| p.map(|p| (k, p))) {
+    let texts = cfg.distill_text.iter().map(|p| ("distill_text", Some(p)));
+    for (key, path) in files
+        .into_iter()
+        .chain(texts)
+        .filter_map(|(k, p)| p.map(|p| (k, p)))
+    {
         std::fs::File::open(path)
             .with_context(|| format!("{key} = {}: cannot open it", path.display()))?;
     }

@@ -185,7 +185,10 @@ pub(crate) struct Trainer<'a> {
     /// words, for training and dev scores alike.
     full_features: FeatureSpec,
     epochs: data::EpochPlan,
+    /// This epoch's gold windows, then the `distill_text` windows.
     train_windows: Vec<Window>,
+    /// The windows of `distill_text`, the same every epoch.
+    raw_windows: Vec<Window>,
     lengths: Vec<usize>,
     soft: soft::SoftTargets,
     stepper: step::Stepper,
@@ -224,7 +227,7 @@ impl<'a> Trainer<'a> {
         tagger.features = Self::dev_view(cfg, &data, &full_features)?;
         let epochs = data::EpochPlan::new(cfg, &data, &full_features)?;
         let first_epoch = resumed.as_ref().map_or(0, |s| s.epoch);
-        let train_windows = epochs.windows(
+        let mut train_windows = epochs.windows(
             cfg,
             &data,
             first_epoch,
@@ -232,7 +235,10 @@ impl<'a> Trainer<'a> {
             &tagger.features,
             Perturb::default(),
         );
-        let soft = soft::SoftTargets::new(cfg, &tagger, copies, &data.train, &train_windows)?;
+        let raw = data::raw_sentences(&cfg.distill_text)?;
+        let (soft, raw_windows) =
+            soft::SoftTargets::new(cfg, &tagger, copies, &data.train, &train_windows, &raw)?;
+        train_windows.extend(raw_windows.iter().cloned());
         let per_epoch = train_windows.len().div_ceil(cfg.batch_size) as u64;
         let total = cfg
             .max_steps
@@ -277,6 +283,7 @@ impl<'a> Trainer<'a> {
             full_features,
             epochs,
             train_windows,
+            raw_windows,
             soft,
             stepper,
             state,
@@ -346,6 +353,7 @@ impl<'a> Trainer<'a> {
                 &self.tagger.features,
                 p,
             );
+            self.train_windows.extend(self.raw_windows.iter().cloned());
             self.lengths = self.train_windows.iter().map(|w| w.ids.len()).collect();
         }
         training_batches(&self.lengths, self.cfg.batch_size, &mut rng)

@@ -3,6 +3,7 @@
 //! backward under loss scaling, gradient clipping, the AdamW update, and
 //! what the metrics line reports.
 
+use super::soft::SoftBatch;
 use crate::config::TrainConfig;
 use crate::encode::Batch;
 use crate::model::{masked_cross_entropy, masked_soft_cross_entropy, DropoutRng};
@@ -72,7 +73,7 @@ impl Stepper {
         &mut self,
         tagger: &Tagger,
         batch: &Batch,
-        soft: Option<(Tensor, f64)>,
+        soft: Option<SoftBatch>,
         step: u64,
     ) -> Result<StepReport> {
         let labels = batch
@@ -86,14 +87,37 @@ impl Stepper {
             &batch.features,
             Some(&mut dropout),
         )?;
-        let mut loss = match tagger.model.crf() {
-            Some(crf) => crf.loss(&logits, labels)?,
-            None => masked_cross_entropy(&logits, labels)?,
+        let gold = |logits: &Tensor| match tagger.model.crf() {
+            Some(crf) => crf.loss(logits, labels),
+            None => masked_cross_entropy(logits, labels),
         };
-        if let Some((soft, a)) = soft {
-            loss =
-                ((loss * (1.0 - a))? + (masked_soft_cross_entropy(&logits, &soft, labels)? * a)?)?;
-        }
+        let loss = match soft {
+            None => gold(&logits)?,
+            Some(soft) => {
+                let a = soft.weight;
+                let mixed = if soft.has_gold {
+                    Some(
+                        ((gold(&logits)? * (1.0 - a))?
+                            + (masked_soft_cross_entropy(&logits, &soft.targets, labels)? * a)?)?,
+                    )
+                } else {
+                    None
+                };
+                // Raw-text windows: the teachers' probabilities are all there is.
+                let raw = match &soft.raw {
+                    Some((units, w)) => {
+                        Some((masked_soft_cross_entropy(&logits, &soft.targets, units)? * *w)?)
+                    }
+                    None => None,
+                };
+                match (mixed, raw) {
+                    (Some(m), Some(r)) => (m + r)?,
+                    (Some(m), None) => m,
+                    (None, Some(r)) => r,
+                    (None, None) => bail!("a batch with neither gold nor raw-text windows"),
+                }
+            }
+        };
         let scale = self.scaler.scale;
         let grads = self.scaler.backward(tagger, &loss)?;
         let max_norm = if self.grad_clip > 0.0 {
