@@ -726,12 +726,18 @@ fn crf_head_trains_resumes_exports_and_segments() {
         "transitions were trained: {trained:?}"
     );
 
-    let export = tmp.path().join("export");
+    let input = "研究生命的起源\r\n\n  计算机 abc 123\n";
+    let text = export_and_segment(&last, &tmp.path().join("export"), input);
+    assert_eq!(text.replace(' ', ""), input.replace(' ', ""));
+}
+
+/// Exports `model` as f16 to `export` and segments `input` with the export.
+fn export_and_segment(model: &Path, export: &Path, input: &str) -> String {
     let out = run_cws(
         &[
             "export",
             "--model",
-            last.to_str().unwrap(),
+            model.to_str().unwrap(),
             "--output",
             export.to_str().unwrap(),
             "--dtype",
@@ -744,7 +750,6 @@ fn crf_head_trains_resumes_exports_and_segments() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let input = "研究生命的起源\r\n\n  计算机 abc 123\n";
     let out = run_cws(
         &["segment", "--model", export.to_str().unwrap()],
         input.as_bytes(),
@@ -754,8 +759,7 @@ fn crf_head_trains_resumes_exports_and_segments() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.replace(' ', ""), input.replace(' ', ""));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A teacher of bert-base-chinese's shape, vocabulary (21,128 WordPiece
@@ -820,38 +824,13 @@ fn a_bert_base_shaped_teacher_teaches_a_tiny_lexicon_student() {
         weights(&tmp.path().join(name))
     };
     assert_ne!(run("plain", None), run("taught", Some(&teacher_dir)));
-    let export = tmp.path().join("exported");
-    let out = run_cws(
-        &[
-            "export",
-            "--model",
-            tmp.path().join("taught/best").to_str().unwrap(),
-            "--output",
-            export.to_str().unwrap(),
-            "--dtype",
-            "f16",
-        ],
-        b"",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let input = "他们在北京学习计算机。\n";
-    let out = run_cws(
-        &["segment", "--model", export.to_str().unwrap()],
-        input.as_bytes(),
+    let text = export_and_segment(
+        &tmp.path().join("taught/best"),
+        &tmp.path().join("exported"),
+        input,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap().replace(' ', ""),
-        input
-    );
+    assert_eq!(text.replace(' ', ""), input);
 }
 
 /// Raw text labelled by a teacher joins training (`distill_text`): the
