@@ -886,6 +886,20 @@ fn distill_text_trains_on_raw_text_labelled_by_the_teacher() {
     assert_eq!(first, second, "the cache is reused on --resume");
     assert!(cached_at <= second);
 
+    // Batches of raw-text windows alone (one window per batch) train too.
+    let mut c = config(tmp.path(), "raw-batches", 6);
+    c.batch_size = 1;
+    c.distill_from = vec![teacher_dir.clone()];
+    let more: String = corpus(600)
+        .lines()
+        .map(|l| l.replace(' ', "") + "\n")
+        .collect();
+    c.distill_text = vec![write_file(tmp.path(), "more.txt", more.as_bytes())];
+    assert_eq!(
+        train_until(&c, false, Progress::Quiet, None).unwrap().steps,
+        6
+    );
+
     // Raw text without a teacher, and invalid UTF-8 in the raw text.
     let mut c = config(tmp.path(), "no-teacher", 2);
     c.distill_text = vec![raw.clone()];

@@ -257,8 +257,9 @@ fn report_differences(
 pub const RUN_CONFIG: &str = "config.toml";
 
 /// What a run writes into its output folder.
-const RUN_ENTRIES: [&str; 7] = [
+const RUN_ENTRIES: [&str; 8] = [
     RUN_CONFIG,
+    crate::train::DISTILL_TEXT_CACHE,
     "metrics.jsonl",
     "best",
     "last",

@@ -17,6 +17,7 @@ mod build;
 mod data;
 mod eval;
 mod soft;
+pub use soft::DISTILL_TEXT_CACHE;
 mod state;
 mod step;
 

@@ -9,7 +9,7 @@ use crate::encode::Batch;
 use crate::model::{masked_cross_entropy, masked_soft_cross_entropy, DropoutRng};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::tagger::Tagger;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::Var;
 use candle_core::{DType, Tensor};
@@ -76,10 +76,13 @@ impl Stepper {
         soft: Option<SoftBatch>,
         step: u64,
     ) -> Result<StepReport> {
-        let labels = batch
-            .labels
-            .as_ref()
-            .expect("training windows carry labels");
+        // A batch of raw-text windows alone has no gold labels.
+        let gold_labels = || {
+            batch
+                .labels
+                .as_ref()
+                .context("internal error: a batch of gold windows without labels")
+        };
         let mut dropout = DropoutRng::new(self.seed.wrapping_mul(1_000_003).wrapping_add(step));
         let logits = tagger.model.forward_with(
             &batch.input_ids,
@@ -88,8 +91,8 @@ impl Stepper {
             Some(&mut dropout),
         )?;
         let gold = |logits: &Tensor| match tagger.model.crf() {
-            Some(crf) => crf.loss(logits, labels),
-            None => masked_cross_entropy(logits, labels),
+            Some(crf) => crf.loss(logits, gold_labels()?),
+            None => masked_cross_entropy(logits, gold_labels()?),
         };
         let loss = match soft {
             None => gold(&logits)?,
@@ -98,7 +101,11 @@ impl Stepper {
                 let mixed = if soft.has_gold {
                     Some(
                         ((gold(&logits)? * (1.0 - a))?
-                            + (masked_soft_cross_entropy(&logits, &soft.targets, labels)? * a)?)?,
+                            + (masked_soft_cross_entropy(
+                                &logits,
+                                &soft.targets,
+                                gold_labels()?,
+                            )? * a)?)?,
                     )
                 } else {
                     None
