@@ -10,5 +10,6 @@ mod hub_server;
 mod model;
 mod properties;
 mod safety;
+mod scale_out;
 mod scoring;
 mod training;
