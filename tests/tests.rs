@@ -11,6 +11,7 @@ mod hub_server;
 mod model;
 mod properties;
 mod safety;
+mod scale_out;
 mod scoring;
 mod segment_io;
 mod training;
