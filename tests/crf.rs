@@ -18,14 +18,7 @@ fn fixture() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+use crate::model::to_f64 as values;
 
 fn assert_close(what: &str, actual: &Tensor, expected: &Tensor) {
     assert_eq!(actual.dims(), expected.dims(), "{what}: shape");

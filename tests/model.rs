@@ -28,7 +28,7 @@ fn expected() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("expected.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
+pub fn to_f64(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
         .unwrap()
         .flatten_all()
