@@ -20,6 +20,9 @@ pub struct TrainConfig {
     pub vocab: Option<String>,
     /// Segmented training corpus.
     pub train: PathBuf,
+    /// The segmentation standard the training corpus follows (`pku`, `msr`),
+    /// recorded in the model's config for `cws segment --standard`.
+    pub standard: Option<crate::model::Standard>,
     /// Segmented dev corpus; if absent, `dev_fraction` of the training lines,
     /// taken from the end, is held out.
     pub dev: Option<PathBuf>,
@@ -40,6 +43,17 @@ pub struct TrainConfig {
     /// bigram), saved with the model as liststats.safetensors.
     #[serde(default)]
     pub lexicon_stats: bool,
+    /// A general word list (`WORD [FREQUENCY [TAG]]` per line, e.g. jieba's
+    /// dictionary) read as a second channel of lexicon features with its own
+    /// embeddings, so that the standard's `lexicon` keeps deciding granularity
+    /// while this one points at words it lacks. Fresh models only; saved
+    /// hashed with the model as general_lexicon.safetensors.
+    pub general_lexicon: Option<PathBuf>,
+    /// With `general_lexicon`: also read its word-list statistics (as
+    /// `lexicon_stats` does for `lexicon`), saved as
+    /// general_liststats.safetensors.
+    #[serde(default)]
+    pub general_lexicon_stats: bool,
     /// Teacher models (folders saved by `cws train`, of any size, vocabulary
     /// and features; each reads the sentences its own way): the loss mixes the
     /// gold labels with the teachers' mean label probabilities (distillation);
@@ -216,11 +230,12 @@ impl Precision {
 
 /// The fields that hold paths: relative ones are taken relative to the
 /// config file's folder (or, given on the command line, the current folder).
-pub const PATH_FIELDS: [&str; 9] = [
+pub const PATH_FIELDS: [&str; 10] = [
     "train",
     "dev",
     "words",
     "lexicon",
+    "general_lexicon",
     "dev_oov_reference",
     "output_dir",
     "distill_from",
@@ -394,6 +409,9 @@ impl TrainConfig {
         }
         if self.lexicon_stats && self.lexicon.is_none() {
             bail!("lexicon_stats needs a `lexicon` word list");
+        }
+        if self.general_lexicon_stats && self.general_lexicon.is_none() {
+            bail!("general_lexicon_stats needs a `general_lexicon` word list");
         }
         if !(0.0..1.0).contains(&self.unit_dropout) {
             bail!(

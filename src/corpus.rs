@@ -182,28 +182,40 @@ pub fn read_segmented(path: &Path) -> Result<Vec<Sentence>> {
     parse_segmented(&path.display().to_string(), read_lines(path)?)
 }
 
-/// Reads a word list (one word per line, optionally followed by whitespace and
-/// a weight, as in jieba / pkuseg dictionaries); blank lines are ignored.
-/// Returns the words with the weight when one is given.
+/// Reads a word list: one word per line, optionally followed by whitespace, a
+/// weight and a tag (as in jieba's dictionary, `词 频率 词性`); blank lines are
+/// ignored, a list without words is an error. Returns the words with the weight
+/// when one is given.
 pub fn read_word_list(path: &Path) -> Result<Vec<(String, Option<f64>)>> {
     let name = path.display().to_string();
     let mut words = Vec::new();
     for line in read_lines(path)? {
-        let mut fields = line
+        let fields: Vec<&str> = line
             .text
             .split(char::is_whitespace)
-            .filter(|f| !f.is_empty());
-        let Some(word) = fields.next() else { continue };
-        let weight = match fields.next() {
-            None => None,
-            Some(w) => Some(w.parse::<f64>().map_err(|_| {
-                anyhow::anyhow!(
-                    "{name}:{}: expected `WORD [WEIGHT]`, found weight {w:?} that is not a number",
-                    line.number
-                )
-            })?),
+            .filter(|f| !f.is_empty())
+            .collect();
+        let at = || format!("{name}:{}", line.number);
+        let (word, weight) = match fields[..] {
+            [] => continue,
+            [word] => (word, None),
+            [word, w] | [word, w, _] => match w.parse::<f64>() {
+                Ok(w) if w.is_finite() => (word, Some(w)),
+                _ => bail!(
+                    "{}: expected `WORD [WEIGHT [TAG]]`, found weight {w:?} that is not a number",
+                    at()
+                ),
+            },
+            _ => bail!(
+                "{}: expected `WORD [WEIGHT [TAG]]`, found {} fields",
+                at(),
+                fields.len()
+            ),
         };
         words.push((word.to_string(), weight));
+    }
+    if words.is_empty() {
+        bail!("{name}: the word list holds no words");
     }
     Ok(words)
 }
@@ -217,6 +229,34 @@ pub fn read_word_set(path: &Path) -> Result<std::collections::HashSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_lists_read_jieba_lines_and_name_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            read_word_list(&p)
+        };
+        let words = list("ok.txt", "北京 3 ns\n\n上海\r\n天津 2.5\n").unwrap();
+        assert_eq!(
+            words,
+            [
+                ("北京".to_string(), Some(3.0)),
+                ("上海".to_string(), None),
+                ("天津".to_string(), Some(2.5))
+            ]
+        );
+        let err = |name: &str, text: &str| format!("{:#}", list(name, text).unwrap_err());
+        let e = err("four.txt", "北京 3 ns\n上海 1 ns x\n");
+        assert!(e.contains("four.txt:2") && e.contains("4 fields"), "{e}");
+        let e = err("weight.txt", "北京 3\n上海 ns\n");
+        assert!(e.contains("weight.txt:2") && e.contains("\"ns\""), "{e}");
+        let e = err("nan.txt", "北京 NaN\n");
+        assert!(e.contains("nan.txt:1"), "{e}");
+        let e = err("empty.txt", "\n \n");
+        assert!(e.contains("empty.txt") && e.contains("no words"), "{e}");
+    }
 
     #[test]
     fn bom_crlf_and_final_line() {

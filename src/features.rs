@@ -414,6 +414,13 @@ pub struct FeatureSpec {
     pub bigram_seen: Option<Lexicon>,
     /// Word-list statistics read with the lexicon bits (`lexicon_stats`).
     pub list_stats: Option<ListStats>,
+    /// A general word list (`general_lexicon`), read as a second channel of
+    /// the same match bits with its own embeddings: the standard's list keeps
+    /// deciding granularity, the general one points at words it lacks.
+    pub general_lexicon: Option<Lexicon>,
+    /// Statistics of the general list, read with its bits
+    /// (`general_lexicon_stats`).
+    pub general_stats: Option<ListStats>,
 }
 
 /// Features of one sequence of units, sliceable into windows.
@@ -425,6 +432,10 @@ pub struct UnitFeatures {
     pub stats: Vec<u64>,
     /// Left and right bigram bucket per unit (empty without bigrams).
     pub bigrams: Vec<[u32; 2]>,
+    /// General word-list bits per unit (empty without a general list).
+    pub general: Vec<u16>,
+    /// General word-list statistic bits per unit (empty without them).
+    pub general_stats: Vec<u64>,
 }
 
 impl UnitFeatures {
@@ -439,14 +450,16 @@ impl UnitFeatures {
         UnitFeatures {
             lexicon: part(&self.lexicon, r.clone()),
             stats: part(&self.stats, r.clone()),
-            bigrams: part(&self.bigrams, r),
+            bigrams: part(&self.bigrams, r.clone()),
+            general: part(&self.general, r.clone()),
+            general_stats: part(&self.general_stats, r),
         }
     }
 }
 
 impl FeatureSpec {
     pub fn is_empty(&self) -> bool {
-        self.lexicon.is_none() && self.bigram_buckets == 0
+        self.lexicon.is_none() && self.bigram_buckets == 0 && self.general_lexicon.is_none()
     }
 
     /// Takes listed words (given by unit keys) out of the lexicon and out of
@@ -506,17 +519,23 @@ impl FeatureSpec {
     /// Features of one sequence given its unit keys.
     pub fn compute(&self, keys: &[String], lexicon_dropout: Option<(u64, f64)>) -> UnitFeatures {
         // Pair hashes only matter for the seen-bigram test and the statistics.
-        let pairs = (self.bigram_seen.is_some() || self.list_stats.is_some())
-            .then(|| Self::bigram_pairs(keys));
-        let stats = match (&self.list_stats, &pairs) {
-            (Some(st), Some(pairs)) if self.lexicon.is_some() => st.bits(keys, pairs),
-            _ => Vec::new(),
+        let pairs = (self.bigram_seen.is_some()
+            || self.list_stats.is_some()
+            || self.general_stats.is_some())
+        .then(|| Self::bigram_pairs(keys));
+        // A word list's match bits, and its statistics when it has them.
+        let list = |lexicon: &Option<Lexicon>, stats: &Option<ListStats>, dropout| {
+            let Some(lex) = lexicon else {
+                return (Vec::new(), Vec::new());
+            };
+            let stats = match (stats, &pairs) {
+                (Some(st), Some(pairs)) => st.bits(keys, pairs),
+                _ => Vec::new(),
+            };
+            (lex.features(keys, dropout), stats)
         };
-        let lexicon = self
-            .lexicon
-            .as_ref()
-            .map(|l| l.features(keys, lexicon_dropout))
-            .unwrap_or_default();
+        let (lexicon, stats) = list(&self.lexicon, &self.list_stats, lexicon_dropout);
+        let (general, general_stats) = list(&self.general_lexicon, &self.general_stats, None);
         let bigrams = if self.bigram_buckets > 0 {
             let at = |i: isize| -> &str {
                 if i < 0 || i as usize >= keys.len() {
@@ -549,37 +568,62 @@ impl FeatureSpec {
             lexicon,
             stats,
             bigrams,
+            general,
+            general_stats,
         }
     }
+}
+
+/// f32 `[b, t, width]` 0/1 bits, row r's units from position 1 on: `bits`
+/// gives (unit, first column, bits) for a row's units.
+fn bit_tensor(
+    rows: &[&UnitFeatures],
+    t: usize,
+    width: usize,
+    bits: impl Fn(&UnitFeatures) -> Vec<(usize, usize, u64)>,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut v = vec![0f32; rows.len() * t * width];
+    for (r, f) in rows.iter().enumerate() {
+        for (k, offset, bits) in bits(f) {
+            let base = (r * t + 1 + k) * width + offset;
+            let mut rest = bits;
+            while rest != 0 {
+                v[base + rest.trailing_zeros() as usize] = 1.0;
+                rest &= rest - 1;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(v, (rows.len(), t, width), device)?)
 }
 
 impl BatchFeatures {
     /// `rows[r]` holds row r's units, which start at position 1 of a row of `t`.
     pub fn build(rows: &[&UnitFeatures], t: usize, device: &Device) -> Result<Self> {
         let b = rows.len();
-        let lexicon = if rows.iter().any(|r| !r.lexicon.is_empty()) {
-            let with_stats = rows.iter().any(|r| !r.stats.is_empty());
-            let width = LEXICON_FEATURES + if with_stats { LIST_STAT_FEATURES } else { 0 };
-            let mut v = vec![0f32; b * t * width];
-            let mut set = |base: usize, bits: u64| {
-                let mut rest = bits;
-                while rest != 0 {
-                    v[base + rest.trailing_zeros() as usize] = 1.0;
-                    rest &= rest - 1;
-                }
-            };
-            for (r, f) in rows.iter().enumerate() {
-                for (k, &bits) in f.lexicon.iter().enumerate() {
-                    set((r * t + 1 + k) * width, u64::from(bits));
-                }
-                for (k, &bits) in f.stats.iter().enumerate() {
-                    set((r * t + 1 + k) * width + LEXICON_FEATURES, bits);
-                }
+        // A word list's bits, then its statistics' bits when it has them.
+        let list = |bits: fn(&UnitFeatures) -> (&[u16], &[u64])| -> Result<Option<Tensor>> {
+            if rows.iter().all(|r| bits(r).0.is_empty()) {
+                return Ok(None);
             }
-            Some(Tensor::from_vec(v, (b, t, width), device)?)
-        } else {
-            None
+            let with_stats = rows.iter().any(|r| !bits(r).1.is_empty());
+            let width = LEXICON_FEATURES + if with_stats { LIST_STAT_FEATURES } else { 0 };
+            let columns = |f: &UnitFeatures| {
+                let (lex, stats) = bits(f);
+                let lex = lex.iter().enumerate();
+                lex.map(|(k, &b)| (k, 0, u64::from(b)))
+                    .chain(
+                        stats
+                            .iter()
+                            .enumerate()
+                            .map(|(k, &b)| (k, LEXICON_FEATURES, b)),
+                    )
+                    .collect()
+            };
+            bit_tensor(rows, t, width, columns, device).map(Some)
         };
+        let lexicon = list(|f| (&f.lexicon, &f.stats))?;
+        let general = list(|f| (&f.general, &f.general_stats))?;
         let bigrams = if rows.iter().any(|r| !r.bigrams.is_empty()) {
             let mut v = vec![0u32; b * t * 2];
             for (r, f) in rows.iter().enumerate() {
@@ -592,7 +636,11 @@ impl BatchFeatures {
         } else {
             None
         };
-        Ok(BatchFeatures { lexicon, bigrams })
+        Ok(BatchFeatures {
+            lexicon,
+            bigrams,
+            general,
+        })
     }
 }
 
@@ -701,6 +749,50 @@ mod tests {
             u64::from(f.lexicon[0])
         );
         assert!(m[0][0].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn the_general_list_is_a_channel_of_its_own() {
+        let general = ["北京大学", "大学生"];
+        let spec = FeatureSpec {
+            lexicon: Some(Lexicon::from_words(["北京", "大学"])),
+            general_lexicon: Some(Lexicon::from_words(general)),
+            general_stats: Some(ListStats::from_words(general)),
+            ..FeatureSpec::default()
+        };
+        let k = keys("北京大学生");
+        let f = spec.compute(&k, None);
+        // Each list marks its own words only; the standard's list has no
+        // statistics here, the general one has.
+        assert_eq!(f.lexicon, spec.lexicon.as_ref().unwrap().features(&k, None));
+        assert_eq!(f.general, Lexicon::from_words(general).features(&k, None));
+        assert_ne!(f.lexicon, f.general);
+        assert!(f.stats.is_empty());
+        let pairs = FeatureSpec::bigram_pairs(&k);
+        let stats = ListStats::from_words(general).bits(&k, &pairs);
+        assert_eq!(f.general_stats, stats);
+        // In a batch: a tensor each, the general one with its statistics.
+        let t = k.len() + 2;
+        let batch = BatchFeatures::build(&[&f], t, &Device::Cpu).unwrap();
+        let lex = batch.lexicon.unwrap().to_vec3::<f32>().unwrap();
+        let gen = batch.general.unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(lex[0][1].len(), LEXICON_FEATURES);
+        assert_eq!(gen[0][1].len(), LEXICON_FEATURES + LIST_STAT_FEATURES);
+        let on = |row: &[f32]| -> u64 {
+            row.iter()
+                .enumerate()
+                .filter(|(_, &v)| v == 1.0)
+                .fold(0, |a, (i, _)| a | 1 << i)
+        };
+        for u in 0..k.len() {
+            assert_eq!(on(&lex[0][u + 1]), u64::from(f.lexicon[u]));
+            assert_eq!(
+                on(&gen[0][u + 1][..LEXICON_FEATURES]),
+                u64::from(f.general[u])
+            );
+            assert_eq!(on(&gen[0][u + 1][LEXICON_FEATURES..]), stats[u]);
+        }
+        assert!(gen[0][0].iter().chain(&gen[0][t - 1]).all(|&v| v == 0.0));
     }
 
     #[test]

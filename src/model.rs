@@ -65,6 +65,9 @@ pub struct Extensions {
     /// Lexicon feature columns per unit (0: no lexicon channel).
     #[serde(rename = "cws_lexicon_features", default)]
     pub lexicon_features: usize,
+    /// General word-list feature columns per unit (0: no such channel).
+    #[serde(rename = "cws_general_lexicon_features", default)]
+    pub general_lexicon_features: usize,
     /// Rows of the hashed-bigram embedding table (0: no bigram channel).
     #[serde(rename = "cws_bigram_buckets", default)]
     pub bigram_buckets: usize,
@@ -78,6 +81,30 @@ pub struct Extensions {
     /// The output layer over the per-unit label scores.
     #[serde(rename = "cws_head", default)]
     pub head: Head,
+    /// The segmentation standard of the model's training data, when its
+    /// config named one (`standard`); `--standard` checks it.
+    #[serde(rename = "cws_standard", default)]
+    pub standard: Option<Standard>,
+}
+
+/// A segmentation standard: which words a corpus's annotators call words
+/// (PKU's splits `１９９８年 １月`, MSR's keeps longer names and numbers whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Standard {
+    /// Peking University's (SIGHAN 2005 PKU corpus).
+    Pku,
+    /// Microsoft Research Asia's (SIGHAN 2005 MSR corpus).
+    Msr,
+}
+
+impl Standard {
+    pub fn name(self) -> &'static str {
+        match self {
+            Standard::Pku => "pku",
+            Standard::Msr => "msr",
+        }
+    }
 }
 
 /// The output layer: a softmax per unit, or a CRF over the sequence.
@@ -94,6 +121,12 @@ impl Extensions {
     fn entries(&self) -> Vec<(&'static str, serde_json::Value)> {
         use serde_json::json;
         let mut out = Vec::new();
+        if self.general_lexicon_features > 0 {
+            out.push((
+                "cws_general_lexicon_features",
+                json!(self.general_lexicon_features),
+            ));
+        }
         if self.lexicon_features > 0 {
             out.push(("cws_lexicon_features", json!(self.lexicon_features)));
         }
@@ -109,6 +142,9 @@ impl Extensions {
         if self.head == Head::Crf {
             out.push(("cws_head", json!(self.head)));
         }
+        if let Some(s) = self.standard {
+            out.push(("cws_standard", json!(s)));
+        }
         out
     }
 }
@@ -120,6 +156,8 @@ pub struct BatchFeatures {
     pub lexicon: Option<Tensor>,
     /// u32 `[b, t, 2]` bucket ids.
     pub bigrams: Option<Tensor>,
+    /// f32 `[b, t, general_lexicon_features]` 0/1 bits of the general list.
+    pub general: Option<Tensor>,
 }
 
 impl BatchFeatures {
@@ -127,6 +165,7 @@ impl BatchFeatures {
         BatchFeatures {
             lexicon: None,
             bigrams: None,
+            general: None,
         }
     }
 }
@@ -419,6 +458,8 @@ pub struct BertForTokenClassification {
     lexicon_embeddings: Option<Tensor>,
     /// `[buckets, h]`: hashed left/right bigram embeddings (cws extension).
     bigram_embeddings: Option<Tensor>,
+    /// `[LEXICON_FEATURES, h]`: the general word list's bits (cws extension).
+    general_lexicon_embeddings: Option<Tensor>,
     emb_ln: LayerNorm,
     layers: Vec<Layer>,
     classifier: Linear,
@@ -473,6 +514,10 @@ impl BertForTokenClassification {
         };
         let lexicon_embeddings = extension(cfg.cws.lexicon_features, "lexicon_embeddings")?;
         let bigram_embeddings = extension(cfg.cws.bigram_buckets, "bigram_embeddings")?;
+        let general_lexicon_embeddings = extension(
+            cfg.cws.general_lexicon_features,
+            "general_lexicon_embeddings",
+        )?;
         let emb_ln = LayerNorm::new(emb.pp("LayerNorm"), h, eps)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -508,6 +553,7 @@ impl BertForTokenClassification {
             token_type_embeddings,
             lexicon_embeddings,
             bigram_embeddings,
+            general_lexicon_embeddings,
             emb_ln,
             layers,
             classifier,
@@ -568,7 +614,9 @@ impl BertForTokenClassification {
     /// Whether the model reads lexicon or bigram features (a cws extension of
     /// the HF architecture; transformers would ignore those tensors).
     pub fn uses_features(&self) -> bool {
-        self.lexicon_embeddings.is_some() || self.bigram_embeddings.is_some()
+        self.lexicon_embeddings.is_some()
+            || self.bigram_embeddings.is_some()
+            || self.general_lexicon_embeddings.is_some()
     }
 
     /// [`forward`](Self::forward) with the unit features a model trained with
@@ -592,13 +640,22 @@ impl BertForTokenClassification {
         let h = self.word_embeddings.dim(1)?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
         let mut words = self.word_embeddings.index_select(&ids, 0)?;
-        match (&self.lexicon_embeddings, &features.lexicon) {
-            (Some(w), Some(f)) => {
-                let f = f.reshape((b * t, ()))?.to_dtype(w.dtype())?;
-                words = (words + f.matmul(w)?)?;
+        for (embeddings, bits, what) in [
+            (&self.lexicon_embeddings, &features.lexicon, "lexicon"),
+            (
+                &self.general_lexicon_embeddings,
+                &features.general,
+                "general word-list",
+            ),
+        ] {
+            match (embeddings, bits) {
+                (Some(w), Some(f)) => {
+                    let f = f.reshape((b * t, ()))?.to_dtype(w.dtype())?;
+                    words = (words + f.matmul(w)?)?;
+                }
+                (Some(_), None) => bail!("this model needs {what} features"),
+                _ => {}
             }
-            (Some(_), None) => bail!("this model needs lexicon features"),
-            _ => {}
         }
         match (&self.bigram_embeddings, &features.bigrams) {
             (Some(w), Some(g)) => {

@@ -11,6 +11,8 @@
 //! | `lexicon.safetensors` | hashed word list, when `cws_lexicon_features` > 0 |
 //! | `liststats.safetensors` | word-list statistics, when the lexicon width includes them |
 //! | `bigrams.safetensors` | hashed seen bigrams, when `cws_bigram_seen` |
+//! | `general_lexicon.safetensors` | hashed general word list, when `cws_general_lexicon_features` > 0 |
+//! | `general_liststats.safetensors` | its statistics, when that width includes them |
 //! | `cws-train.toml` | the resolved training config that produced the model |
 //! | `optimizer.safetensors`, `trainer_state.json` | only in a run's `last`: what `--resume` needs |
 //! | `README.md` | the model card, written by people and kept by `cws export` |
@@ -19,7 +21,7 @@ use crate::bies::NUM_LABELS;
 use crate::encode::Vocab;
 use crate::features::{FeatureSpec, Lexicon, ListStats, LEXICON_FEATURES, LIST_STAT_FEATURES};
 use crate::hub::{fetch_files, resolve_arg, HubSettings, ModelFiles, ModelSource};
-use crate::model::{BertConfig, BertForTokenClassification, Extensions};
+use crate::model::{BertConfig, BertForTokenClassification, Extensions, Standard};
 use crate::tagger::Tagger;
 use crate::weights::{self, LoadOptions};
 use anyhow::{bail, Context, Result};
@@ -34,6 +36,8 @@ pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const LEXICON_FILE: &str = "lexicon.safetensors";
 pub const LIST_STATS_FILE: &str = "liststats.safetensors";
 pub const BIGRAM_SEEN_FILE: &str = "bigrams.safetensors";
+pub const GENERAL_LEXICON_FILE: &str = "general_lexicon.safetensors";
+pub const GENERAL_LIST_STATS_FILE: &str = "general_liststats.safetensors";
 pub const RECIPE_FILE: &str = "cws-train.toml";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
@@ -42,7 +46,7 @@ pub const MODEL_CARD_FILE: &str = "README.md";
 /// The files a model or checkpoint folder may hold (those above, plus the
 /// other names of weights and tokenizers a hub model may come with): anything
 /// else in a folder is a user's, and is never replaced without `--force`.
-pub const MODEL_FOLDER_FILES: [&str; 15] = [
+pub const MODEL_FOLDER_FILES: [&str; 17] = [
     CONFIG_FILE,
     WEIGHTS_FILE,
     "pytorch_model.bin",
@@ -53,6 +57,8 @@ pub const MODEL_FOLDER_FILES: [&str; 15] = [
     LEXICON_FILE,
     BIGRAM_SEEN_FILE,
     LIST_STATS_FILE,
+    GENERAL_LEXICON_FILE,
+    GENERAL_LIST_STATS_FILE,
     RECIPE_FILE,
     OPTIMIZER_FILE,
     TRAINER_STATE_FILE,
@@ -64,53 +70,124 @@ pub const MODEL_FOLDER_FILES: [&str; 15] = [
 pub struct Embedded {
     /// What errors and notes call it.
     pub name: &'static str,
+    /// The standard it segments by (`--standard`).
+    pub standard: Standard,
     pub files: &'static [(&'static str, &'static [u8])],
 }
 
-/// The default model, compiled in with the cargo feature `embedded-model`
-/// (on by default): the bundled PKU model, `models/pku`.
+/// The files of `models/NAME`, compiled in.
 #[cfg(feature = "embedded-model")]
-pub const EMBEDDED: Option<&Embedded> = Some(&Embedded {
-    name: "the built-in PKU model",
-    files: &[
-        (CONFIG_FILE, include_bytes!("../models/pku/config.json")),
-        (
-            WEIGHTS_FILE,
-            include_bytes!("../models/pku/model.safetensors"),
-        ),
-        (VOCAB_FILE, include_bytes!("../models/pku/vocab.txt")),
-        (
-            LEXICON_FILE,
-            include_bytes!("../models/pku/lexicon.safetensors"),
-        ),
-        (
-            BIGRAM_SEEN_FILE,
-            include_bytes!("../models/pku/bigrams.safetensors"),
-        ),
-        (MODEL_CARD_FILE, include_bytes!("../models/pku/README.md")),
-    ],
-});
+macro_rules! model_files {
+    ($name:literal) => {
+        &[
+            (
+                CONFIG_FILE,
+                include_bytes!(concat!("../models/", $name, "/config.json")),
+            ),
+            (
+                WEIGHTS_FILE,
+                include_bytes!(concat!("../models/", $name, "/model.safetensors")),
+            ),
+            (
+                VOCAB_FILE,
+                include_bytes!(concat!("../models/", $name, "/vocab.txt")),
+            ),
+            (
+                LEXICON_FILE,
+                include_bytes!(concat!("../models/", $name, "/lexicon.safetensors")),
+            ),
+            (
+                BIGRAM_SEEN_FILE,
+                include_bytes!(concat!("../models/", $name, "/bigrams.safetensors")),
+            ),
+            (
+                MODEL_CARD_FILE,
+                include_bytes!(concat!("../models/", $name, "/README.md")),
+            ),
+        ]
+    };
+}
+
+/// The default models, compiled in with the cargo feature `embedded-model`
+/// (on by default): the bundled PKU model (`models/pku`, the default) and MSR
+/// model (`models/msr`, `--standard msr`).
+#[cfg(feature = "embedded-model")]
+pub const EMBEDDED: &[Embedded] = &[
+    Embedded {
+        name: "the built-in PKU model",
+        standard: Standard::Pku,
+        files: model_files!("pku"),
+    },
+    Embedded {
+        name: "the built-in MSR model",
+        standard: Standard::Msr,
+        files: model_files!("msr"),
+    },
+];
 #[cfg(not(feature = "embedded-model"))]
-pub const EMBEDDED: Option<&Embedded> = None;
+pub const EMBEDDED: &[Embedded] = &[];
 
 /// The variable naming the model used when `--model` is not given.
 pub const MODEL_VAR: &str = "CWS_MODEL";
 
 /// Loads the model `--model` names, or without one the default: `$CWS_MODEL`
-/// when set, else the model compiled into the binary.
-pub fn load_or_default(model: Option<&str>, device: &Device) -> Result<Tagger> {
-    if let Some(m) = model {
-        return load(m, device);
+/// when set, else the model compiled into the binary for `standard` (PKU's
+/// when none is asked for). A model that records another standard than the
+/// one asked for is an error.
+pub fn load_or_default(
+    model: Option<&str>,
+    standard: Option<Standard>,
+    device: &Device,
+) -> Result<Tagger> {
+    let given = model.map(|m| (m.to_string(), None)).or_else(|| {
+        let m = std::env::var(MODEL_VAR).ok().filter(|m| !m.is_empty())?;
+        Some((m.clone(), Some(format!("${MODEL_VAR}={m}"))))
+    });
+    if let Some((m, from_var)) = given {
+        let tagger = match &from_var {
+            Some(var) => load(&m, device).with_context(|| format!("loading {var}"))?,
+            None => load(&m, device)?,
+        };
+        check_standard(&tagger, &m, standard)?;
+        return Ok(tagger);
     }
-    if let Some(m) = std::env::var(MODEL_VAR).ok().filter(|m| !m.is_empty()) {
-        return load(&m, device).with_context(|| format!("loading ${MODEL_VAR}={m}"));
-    }
-    match EMBEDDED {
+    let want = standard.unwrap_or(Standard::Pku);
+    match EMBEDDED.iter().find(|e| e.standard == want) {
         Some(embedded) => load_from(&Files::Embedded(embedded), embedded.name, device),
-        None => bail!(
-            "no model given, and this cws was built without its default model (cargo feature \
+        None if EMBEDDED.is_empty() => bail!(
+            "no model given, and this cws was built without its default models (cargo feature \
              `embedded-model`): pass --model DIR (a folder saved by `cws train`) or a hub id, \
              set ${MODEL_VAR}, or use --dict-only WORDLIST for the dictionary baseline"
+        ),
+        None => bail!(
+            "no built-in model segments by the {} standard; the built-in ones: {}",
+            want.name(),
+            EMBEDDED
+                .iter()
+                .map(|e| e.standard.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Refuses a model asked for a standard it was not trained on.
+pub fn check_standard(tagger: &Tagger, name: &str, want: Option<Standard>) -> Result<()> {
+    let Some(want) = want else { return Ok(()) };
+    match tagger.config.cws.standard {
+        Some(s) if s == want => Ok(()),
+        Some(s) => bail!(
+            "--standard {}: the model {name} was trained on the {} standard only (it knows: {}); \
+             drop --standard or pass a model trained on {} data",
+            want.name(),
+            s.name(),
+            s.name(),
+            want.name()
+        ),
+        None => bail!(
+            "--standard {}: the model {name} records no standard (it knows none; its config.json \
+             lacks cws_standard, set by `standard` in the training config): drop --standard",
+            want.name()
         ),
     }
 }
@@ -132,18 +209,34 @@ pub fn load(source: &str, device: &Device) -> Result<Tagger> {
 
 /// The feature files (name, what it holds) a model with `ext` reads.
 fn feature_files(ext: &Extensions) -> Result<Vec<(&'static str, &'static str)>> {
-    let mut files = match ext.lexicon_features {
-        0 => vec![],
-        LEXICON_FEATURES => vec![(LEXICON_FILE, "lexicon features")],
-        n if n == LEXICON_FEATURES + LIST_STAT_FEATURES => vec![
-            (LIST_STATS_FILE, "word-list statistics"),
-            (LEXICON_FILE, "lexicon features"),
-        ],
-        n => bail!(
-            "cws_lexicon_features = {n}, but this cws reads {LEXICON_FEATURES} lexicon features, or {} with word-list statistics",
-            LEXICON_FEATURES + LIST_STAT_FEATURES
-        ),
+    // A word list's files for a channel of `width` columns.
+    let list = |width: usize, key: &str, files: [(&'static str, &'static str); 2]| {
+        Ok(match width {
+            0 => vec![],
+            LEXICON_FEATURES => vec![files[0]],
+            n if n == LEXICON_FEATURES + LIST_STAT_FEATURES => files.to_vec(),
+            n => bail!(
+                "{key} = {n}, but this cws reads {LEXICON_FEATURES} word-list features, or {} with word-list statistics",
+                LEXICON_FEATURES + LIST_STAT_FEATURES
+            ),
+        })
     };
+    let mut files = list(
+        ext.lexicon_features,
+        "cws_lexicon_features",
+        [
+            (LEXICON_FILE, "lexicon features"),
+            (LIST_STATS_FILE, "word-list statistics"),
+        ],
+    )?;
+    files.extend(list(
+        ext.general_lexicon_features,
+        "cws_general_lexicon_features",
+        [
+            (GENERAL_LEXICON_FILE, "a general word list"),
+            (GENERAL_LIST_STATS_FILE, "general word-list statistics"),
+        ],
+    )?);
     if ext.bigram_seen {
         files.push((BIGRAM_SEEN_FILE, "a seen-bigram list"));
     }
@@ -291,6 +384,12 @@ fn read_features(ext: &Extensions, files: &Files<'_>) -> Result<FeatureSpec> {
         match file {
             LEXICON_FILE => spec.lexicon = Some(Lexicon::from_bytes(&bytes, &label)?),
             LIST_STATS_FILE => spec.list_stats = Some(ListStats::from_bytes(&bytes, &label)?),
+            GENERAL_LEXICON_FILE => {
+                spec.general_lexicon = Some(Lexicon::from_bytes(&bytes, &label)?)
+            }
+            GENERAL_LIST_STATS_FILE => {
+                spec.general_stats = Some(ListStats::from_bytes(&bytes, &label)?)
+            }
             _ => spec.bigram_seen = Some(Lexicon::from_bytes(&bytes, &label)?),
         }
     }
@@ -311,6 +410,12 @@ pub fn save(tagger: &Tagger, dir: &Path, dtype: DType, features: &FeatureSpec) -
     }
     if let Some(seen) = &features.bigram_seen {
         seen.save(&dir.join(BIGRAM_SEEN_FILE))?;
+    }
+    if let Some(general) = &features.general_lexicon {
+        general.save(&dir.join(GENERAL_LEXICON_FILE))?;
+    }
+    if let Some(stats) = &features.general_stats {
+        stats.save(&dir.join(GENERAL_LIST_STATS_FILE))?;
     }
     tagger.vocab.save(&dir.join(VOCAB_FILE))?;
     std::fs::write(

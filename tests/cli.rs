@@ -157,3 +157,61 @@ fn a_copied_binary_segments_with_its_built_in_model() {
     assert_eq!(alone, from_folder);
     assert_eq!(alone.replace(' ', ""), input.replace(' ', ""));
 }
+
+/// `--standard` picks the built-in model of that standard, and refuses a
+/// model trained on another one, naming the standards it knows.
+#[test]
+fn standard_picks_a_built_in_model_and_checks_a_given_one() {
+    let input = "１９９８年，中国经济增长７．８％。他说：“这是北京大学的研究生命题。”\n";
+    let segment = |args: &[&str]| {
+        let out = run_with_stdin(
+            cws().arg("segment").args(args).env_remove("CWS_MODEL"),
+            input.as_bytes(),
+        );
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    for standard in ["pku", "msr"] {
+        let folder = repo_root().join("models").join(standard);
+        let (ok, built_in, err) = segment(&["--standard", standard]);
+        assert!(ok, "{err}");
+        let (ok, from_folder, err) = segment(&["--model", folder.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        assert_eq!(built_in, from_folder, "--standard {standard}");
+        // The folder's own standard passes the check; the other one fails.
+        let (ok, _, err) = segment(&["--model", folder.to_str().unwrap(), "--standard", standard]);
+        assert!(ok, "{err}");
+        let other = if standard == "pku" { "msr" } else { "pku" };
+        let (ok, _, err) = segment(&["--model", folder.to_str().unwrap(), "--standard", other]);
+        assert!(
+            !ok && err.contains(&format!("it knows: {standard}")),
+            "{err}"
+        );
+    }
+    let (_, pku, _) = segment(&[]);
+    let (_, msr, _) = segment(&["--standard", "msr"]);
+    assert_ne!(pku, msr, "the two standards segment this sentence alike");
+    let (ok, _, err) = segment(&["--standard", "ctb"]);
+    assert!(!ok && err.contains("pku") && err.contains("msr"), "{err}");
+
+    // `cws eval` without --pred or --model scores the built-in model.
+    let tmp = tempfile::tempdir().unwrap();
+    let gold = tmp.path().join("gold.txt");
+    std::fs::write(&gold, "他  说  ：  这  是  北京大学  。\n").unwrap();
+    let out = cws()
+        .args(["eval", "--standard", "msr", "--format", "json", "--gold"])
+        .arg(&gold)
+        .env_remove("CWS_MODEL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["gold_words"], 7);
+}

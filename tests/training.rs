@@ -317,6 +317,10 @@ fn lexicon_model_round_trip(stats: bool) {
     cfg.lexicon_stats = stats;
     let lex = write_file(tmp.path(), "words.txt", "研究生\n计算机\n".as_bytes());
     cfg.lexicon = Some(lex);
+    // A general list in jieba's format, with statistics when the lexicon has them.
+    let general = "研究 100 vn\n计算机 50 n\n国际 20 n\n我们 30\n".as_bytes();
+    cfg.general_lexicon = Some(write_file(tmp.path(), "general.txt", general));
+    cfg.general_lexicon_stats = stats;
     cfg.bigram_buckets = 64;
     cfg.unit_dropout = 0.1;
     cfg.heldout_folds = 3;
@@ -332,6 +336,9 @@ fn lexicon_model_round_trip(stats: bool) {
     let width = if stats { 55 } else { 10 };
     assert_eq!(hf["cws_lexicon_features"], width);
     assert_eq!(model.join("liststats.safetensors").is_file(), stats);
+    assert_eq!(hf["cws_general_lexicon_features"], width);
+    assert!(model.join("general_lexicon.safetensors").is_file());
+    assert_eq!(model.join("general_liststats.safetensors").is_file(), stats);
     let weights =
         candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
@@ -344,6 +351,7 @@ fn lexicon_model_round_trip(stats: bool) {
     for n in [
         "bert.embeddings.lexicon_embeddings.weight",
         "bert.embeddings.bigram_embeddings.weight",
+        "bert.embeddings.general_lexicon_embeddings.weight",
     ] {
         assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
     }
@@ -379,9 +387,14 @@ fn lexicon_model_round_trip(stats: bool) {
 
     // Without its list files the model refuses to load, naming the file.
     let files: &[&str] = if stats {
-        &["lexicon.safetensors", "liststats.safetensors"]
+        &[
+            "lexicon.safetensors",
+            "liststats.safetensors",
+            "general_lexicon.safetensors",
+            "general_liststats.safetensors",
+        ]
     } else {
-        &["lexicon.safetensors"]
+        &["lexicon.safetensors", "general_lexicon.safetensors"]
     };
     for file in files {
         std::fs::remove_file(model.join(file)).unwrap();
@@ -561,6 +574,9 @@ fn every_config_field_is_settable_from_the_command_line() {
         ("lexicon", "\"lex2.txt\""),
         ("lexicon_dropout", "0.3"),
         ("lexicon_stats", "true"),
+        ("general_lexicon", "\"general.txt\""),
+        ("general_lexicon_stats", "true"),
+        ("standard", "\"msr\""),
         ("distill_from", "[\"teacher\"]"),
         ("distill_weight", "0.7"),
         ("distill_text", "[\"raw.txt\"]"),

@@ -185,7 +185,7 @@ fn run_segment(a: SegmentArgs) -> Result<()> {
         }
         None => {
             let device = open_device(parse_device(&a.device)?)?;
-            tagger = crate::model_dir::load_or_default(a.model.as_deref(), &device)?;
+            tagger = crate::model_dir::load_or_default(a.model.as_deref(), None, &device)?;
             (
                 Box::new(ModelSplitter::new(&tagger, Decode::Viterbi, None)?),
                 format!("cws {}", a.model.as_deref().unwrap_or("(default model)")),

@@ -6,6 +6,7 @@ use crate::corpus::{
     read_lines, read_word_list, read_word_set, split_words, unsegmented_lines, Line,
 };
 use crate::features::Lexicon;
+use crate::model::Standard;
 use crate::output::{refuse_overwriting_input, AtomicFile};
 use crate::score::{score_lines, Counts};
 use crate::segment::{segment_to_lines, Progress};
@@ -18,6 +19,7 @@ pub const EXAMPLES: &str = "Examples:
   cws eval --gold pku_test_gold.utf8 --pred pku_pred.utf8 --words pku_training_words.utf8
   cws eval --gold msr_test_gold.utf8 --pred msr_pred.utf8 --format json
   cws eval --model runs/small-pku/best --gold pku_test_gold.utf8 --words pku_training_words.utf8
+  cws eval --standard msr --gold msr_test_gold.utf8 --words msr_training_words.utf8
   cws eval --model models/pku --gold dev.txt --hide-words dev-only-words.txt";
 
 #[derive(Debug, clap::Args)]
@@ -25,21 +27,28 @@ pub struct Args {
     /// Gold segmentation (words separated by whitespace, one sentence per line).
     #[arg(long)]
     pub gold: PathBuf,
-    /// Predicted segmentation, line-aligned with the gold file.
-    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    /// Predicted segmentation, line-aligned with the gold file. Without it
+    /// the gold file's text is segmented by a model (see --model) and scored.
+    #[arg(long, conflicts_with_all = ["model", "standard"])]
     pub pred: Option<PathBuf>,
-    /// Segment the gold file's text with this model and score that.
+    /// Segment the gold file's text with this model and score that (default:
+    /// $CWS_MODEL, else the built-in model of --standard).
     #[arg(long)]
     pub model: Option<String>,
-    /// With --model: also write the model's segmentation here.
-    #[arg(long, requires = "model")]
+    /// The segmentation standard: without --model, the built-in model of that
+    /// standard (default: pku); with one, a check that the model was trained
+    /// on it.
+    #[arg(long, value_enum)]
+    pub standard: Option<Standard>,
+    /// With a model: also write the model's segmentation here.
+    #[arg(long, conflicts_with = "pred")]
     pub save_pred: Option<PathBuf>,
-    /// With --model: take these words (a word list, one per line) out of the
+    /// With a model: take these words (a word list, one per line) out of the
     /// model's lexicon and word-list statistics first, to measure how it
     /// segments words its list lacks (as a test set's unseen words are).
-    #[arg(long, requires = "model")]
+    #[arg(long, conflicts_with = "pred")]
     pub hide_words: Option<PathBuf>,
-    /// With --model: device (auto, cpu, cuda, cuda:N).
+    /// With a model: device (auto, cpu, cuda, cuda:N).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Training word list: gold words absent from it count as out-of-vocabulary.
@@ -48,7 +57,7 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
-    /// With --model: progress of the segmentation on stderr (never stdout):
+    /// With a model: progress of the segmentation on stderr (never stdout):
     /// bytes done, chars/s, ETA.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressStyle,
@@ -68,11 +77,10 @@ pub fn run(args: Args) -> Result<()> {
     check_gold_is_segmented(&args.gold, &gold)?;
     let (pred, pred_name) = match (&args.pred, &args.model) {
         (Some(p), _) => (read_lines(p)?, p.display().to_string()),
-        (None, Some(m)) => (
-            segment_gold_text(&gold, m, &args)?,
-            format!("the output of {m}"),
+        (None, m) => (
+            segment_gold_text(&gold, m.as_deref(), &args)?,
+            format!("the output of {}", m.as_deref().unwrap_or("the model")),
         ),
-        (None, None) => bail!("pass --pred FILE or --model MODEL"),
     };
     let nonblank = |lines: &[Line]| {
         lines
@@ -176,12 +184,12 @@ pub fn render(c: &Counts, with_oov: bool, format: ReportFormat) -> String {
 }
 
 /// The gold file's text (words joined) segmented by a model, one line per line.
-fn segment_gold_text(gold: &[Line], model: &str, args: &Args) -> Result<Vec<Line>> {
+fn segment_gold_text(gold: &[Line], model: Option<&str>, args: &Args) -> Result<Vec<Line>> {
     let device = open_device(parse_device(&args.device)?)?;
-    let mut tagger = crate::model_dir::load(model, &device)?;
+    let mut tagger = crate::model_dir::load_or_default(model, args.standard, &device)?;
     if let Some(p) = &args.hide_words {
         if tagger.features.lexicon.is_none() {
-            bail!("--hide-words: the model {model} reads no word list");
+            bail!("--hide-words: the model reads no word list");
         }
         let keys: Vec<Vec<String>> = read_word_list(p)?
             .iter()

@@ -3,6 +3,7 @@
 use super::progress::{Meter, ProgressStyle};
 use crate::config::{open_device, parse_device};
 use crate::dict::Dictionary;
+use crate::model::Standard;
 use crate::model_dir;
 use crate::output::{refuse_overwriting_input, AtomicFile};
 use crate::segment::{
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 
 pub const EXAMPLES: &str = "Examples:
   cws segment --model runs/small-pku/best < input.txt > output.txt
+  cws segment --standard msr < input.txt > output.txt
   cws segment --model runs/small-pku/best --dict my_words.txt --format jsonl --input news.txt
   cws segment --dict-only pku_training_words.utf8 < input.txt > output.txt
   echo '我爱北京天安门' | cws segment --dict-only words.txt --format jsonl
@@ -30,6 +32,11 @@ pub struct Args {
     /// only (see NOTICE in the README); pass your own model for other uses.
     #[arg(long)]
     pub model: Option<String>,
+    /// The segmentation standard: without --model, the built-in model of that
+    /// standard (default: pku); with one, a check that the model was trained
+    /// on it.
+    #[arg(long, value_enum, conflicts_with = "dict_only")]
+    pub standard: Option<Standard>,
     /// User dictionary (one word per line, optional weight): every match,
     /// leftmost-longest, comes out as one word.
     #[arg(long, value_name = "FILE")]
@@ -109,7 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         (None, model) => {
             let device = open_device(parse_device(&args.device)?)?;
-            tagger = model_dir::load_or_default(model.as_deref(), &device)?;
+            tagger = model_dir::load_or_default(model.as_deref(), args.standard, &device)?;
             let mut splitter = ModelSplitter::new(&tagger, args.decode, user_dict.as_ref())?;
             if let Some(b) = args.boundary_bias {
                 splitter.boundary_bias = b;

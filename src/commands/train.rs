@@ -315,6 +315,7 @@ fn check_inputs(cfg: &TrainConfig) -> Result<()> {
         ("dev", cfg.dev.as_ref()),
         ("words", cfg.words.as_ref()),
         ("lexicon", cfg.lexicon.as_ref()),
+        ("general_lexicon", cfg.general_lexicon.as_ref()),
         ("dev_oov_reference", cfg.dev_oov_reference.as_ref()),
     ];
     let texts = cfg.distill_text.iter().map(|p| ("distill_text", Some(p)));

@@ -49,6 +49,7 @@ pub(super) fn build_tagger(
     }
     config.set_labels(&LABEL_NAMES);
     config.cws.head = cfg.head;
+    config.cws.standard = cfg.standard;
     if let Some(p) = cfg.dropout {
         config.hidden_dropout_prob = p;
         config.attention_probs_dropout_prob = p;
@@ -132,7 +133,9 @@ fn fresh_features(
     config: &mut BertConfig,
     pretrained: bool,
 ) -> Result<FeatureSpec> {
-    if pretrained && (cfg.lexicon.is_some() || cfg.bigram_buckets > 0) {
+    if pretrained
+        && (cfg.lexicon.is_some() || cfg.general_lexicon.is_some() || cfg.bigram_buckets > 0)
+    {
         bail!("lexicon and bigram features add new embeddings to the model; train a fresh model (model = \"config:PATH\") to use them");
     }
     let (lexicon, list_stats) = match &cfg.lexicon {
@@ -147,13 +150,19 @@ fn fresh_features(
             let stats = cfg
                 .lexicon_stats
                 .then(|| crate::features::ListStats::from_words(words()));
-            let width = crate::features::LEXICON_FEATURES
-                + if stats.is_some() {
-                    crate::features::LIST_STAT_FEATURES
-                } else {
-                    0
-                };
-            config.cws.lexicon_features = width;
+            config.cws.lexicon_features = list_width(&stats);
+            (Some(Lexicon::from_words(words())), stats)
+        }
+        None => (None, None),
+    };
+    let (general_lexicon, general_stats) = match &cfg.general_lexicon {
+        Some(path) => {
+            let listed = crate::corpus::read_word_list(path)?;
+            let words = || listed.iter().map(|(w, _)| w);
+            let stats = cfg
+                .general_lexicon_stats
+                .then(|| crate::features::ListStats::from_words(words()));
+            config.cws.general_lexicon_features = list_width(&stats);
             (Some(Lexicon::from_words(words())), stats)
         }
         None => (None, None),
@@ -179,5 +188,16 @@ fn fresh_features(
         bigram_buckets: cfg.bigram_buckets,
         bigram_seen,
         list_stats,
+        general_lexicon,
+        general_stats,
     })
+}
+
+/// The feature columns of a word list, with or without its statistics.
+fn list_width(stats: &Option<crate::features::ListStats>) -> usize {
+    crate::features::LEXICON_FEATURES
+        + match stats {
+            Some(_) => crate::features::LIST_STAT_FEATURES,
+            None => 0,
+        }
 }

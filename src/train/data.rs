@@ -444,6 +444,7 @@ pub(super) mod tests {
             bigram_buckets: 16,
             bigram_seen: Some(FeatureSpec::seen_bigrams(keys.iter().map(Vec::as_slice), 1)),
             list_stats: Some(ListStats::from_words(&all_words)),
+            ..FeatureSpec::default()
         };
         for (hide, min_count) in [(1.0, 1), (0.0, 2)] {
             let h = Heldout {
