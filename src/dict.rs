@@ -6,9 +6,16 @@
 //! or a Latin run. Overlapping entries are resolved leftmost-longest: scanning
 //! left to right, the longest entry that starts at the current unit wins and
 //! scanning resumes after it (forward maximum matching).
+//!
+//! Entries and text are compared as the model reads them where characters are
+//! concerned: a character by its key (width-folded, traditional read as
+//! simplified, see [`Unit::key`]), so the entry `开发` matches `開發`. Numbers,
+//! Latin runs and addresses compare by their text: `2008年` does not match
+//! `1998年`.
 
-use crate::units::{split_units, Unit};
+use crate::units::{split_units, Unit, UnitKind};
 use anyhow::Result;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::path::Path;
@@ -16,6 +23,8 @@ use std::path::Path;
 #[derive(Debug, Clone, Default)]
 pub struct Dictionary {
     words: HashSet<String>,
+    /// The entries' matching forms (see [`forms`]).
+    forms: HashSet<String>,
     /// The longest entry, in units: no longer match needs to be tried.
     max_units: usize,
 }
@@ -37,7 +46,9 @@ impl Dictionary {
         if word.is_empty() {
             return;
         }
-        self.max_units = self.max_units.max(split_units(&word).len());
+        let units = split_units(&word);
+        self.max_units = self.max_units.max(units.len());
+        self.forms.insert(forms(&word, &units).0);
         self.words.insert(word);
     }
 
@@ -48,8 +59,9 @@ impl Dictionary {
         Ok(Self::from_words(words.into_iter().map(|(w, _)| w)))
     }
 
+    /// Whether `word` matches an entry (as [`Dictionary::matches`] compares).
     pub fn contains(&self, word: &str) -> bool {
-        self.words.contains(word)
+        self.forms.contains(&forms(word, &split_units(word)).0)
     }
 
     pub fn len(&self) -> usize {
@@ -60,6 +72,7 @@ impl Dictionary {
         self.words.is_empty()
     }
 
+    /// The entries as given.
     pub fn words(&self) -> &HashSet<String> {
         &self.words
     }
@@ -67,13 +80,13 @@ impl Dictionary {
     /// Non-overlapping dictionary matches in `text` (already split into
     /// `units`), as unit ranges, leftmost-longest. Single-unit entries match too.
     pub fn matches(&self, text: &str, units: &[Unit]) -> Vec<Range<usize>> {
+        let (read, starts) = forms(text, units);
         let mut found = Vec::new();
         let mut i = 0;
         while i < units.len() {
-            let longest = (1..=self.max_units.min(units.len() - i)).rev().find(|&n| {
-                self.words
-                    .contains(&text[units[i].span.start..units[i + n - 1].span.end])
-            });
+            let longest = (1..=self.max_units.min(units.len() - i))
+                .rev()
+                .find(|&n| self.forms.contains(&read[starts[i]..starts[i + n]]));
             match longest {
                 Some(n) => {
                     found.push(i..i + n);
@@ -100,6 +113,28 @@ impl Dictionary {
     }
 }
 
+/// A unit as entries are matched: a character by its key, anything else by
+/// its text.
+fn form<'a>(text: &'a str, unit: &Unit) -> Cow<'a, str> {
+    match unit.kind {
+        UnitKind::Char(_) => Cow::Owned(unit.key()),
+        _ => Cow::Borrowed(&text[unit.span.clone()]),
+    }
+}
+
+/// `text` (split into `units`) as entries are matched: its units' forms in a
+/// row, and where each unit's form starts in that string, plus its end.
+fn forms(text: &str, units: &[Unit]) -> (String, Vec<usize>) {
+    let mut read = String::with_capacity(text.len());
+    let mut starts = Vec::with_capacity(units.len() + 1);
+    for u in units {
+        starts.push(read.len());
+        read.push_str(&form(text, u));
+    }
+    starts.push(read.len());
+    (read, starts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +156,14 @@ mod tests {
     fn longest_match_wins() {
         let d = Dictionary::from_words(["北京", "北京大学", "大学生", "学生"]);
         assert_eq!(seg(&d, "北京大学生活"), ["北京大学", "生", "活"]);
+    }
+
+    #[test]
+    fn traditional_text_matches_simplified_entries() {
+        let d = Dictionary::from_words(["开发者", "电脑", "2008年"]);
+        assert_eq!(seg(&d, "電腦開發者"), ["電腦", "開發者"]);
+        assert!(d.contains("開發者") && d.contains("开发者"));
+        assert_eq!(seg(&d, "1998年"), ["1998", "年"]);
     }
 
     #[test]

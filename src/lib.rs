@@ -1,7 +1,7 @@
 //! cws: BERT-based Chinese word segmentation. The pipeline stages, in the order
 //! data flows through them:
-//! corpus → units → bies → encode (ids, windows, batches) → features (lexicon,
-//! bigrams) → hub/weights → model
+//! corpus → units (script: traditional read as simplified) → bies → encode
+//! (ids, windows, batches) → features (lexicon, bigrams) → hub/weights → model
 //! → tagger (label scores, decoding) → segment / score; train and optim drive
 //! learning, config holds its settings; model_dir is the model folder's one
 //! contract (its files, loader and writer), checkpoint writes folders atomically.
@@ -24,6 +24,7 @@ pub mod model_dir;
 pub mod optim;
 pub mod output;
 pub mod score;
+pub mod script;
 pub mod segment;
 pub mod tagger;
 pub mod train;

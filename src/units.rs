@@ -1,7 +1,9 @@
 //! Units, the model's view of text: one unit per character, except that a
 //! number, a run of Latin letters and a web or e-mail address each form one unit. Full-width ASCII forms
-//! read as their half-width twins. Every unit keeps its byte span of the
-//! original text, so joining the units' text gives back the input exactly.
+//! read as their half-width twins, and traditional characters as simplified
+//! ones (in [`Unit::key`], see [`crate::script`]). Every unit keeps its byte
+//! span of the original text, so joining the units' text gives back the input
+//! exactly.
 //!
 //! The rules mirror the normalisation of the 10% training files (see
 //! data/README.md), so raw `１９９８年` and normalised `0年` give the same units:
@@ -42,10 +44,12 @@ pub struct Unit {
 
 impl Unit {
     /// The normalised form of the unit, as it appears in the normalised training
-    /// files: `0` for a number, `X` for a Latin run, else the folded character.
+    /// files: `0` for a number, `X` for a Latin run, else the folded character
+    /// in its simplified form. Everything the model and word lists read goes
+    /// through this.
     pub fn key(&self) -> String {
         match self.kind {
-            UnitKind::Char(c) => c.to_string(),
+            UnitKind::Char(c) => crate::script::to_simplified(c).to_string(),
             UnitKind::Number => "0".to_string(),
             UnitKind::Latin | UnitKind::Address => "X".to_string(),
         }

@@ -77,6 +77,20 @@ pub fn dict(dir: &Path) -> String {
         .to_string()
 }
 
+/// Runs `cws segment --model MODEL ARGS...` on `input`, checks that it
+/// succeeds and returns what it wrote.
+pub fn segment_with_model(model: &Path, args: &[&str], input: &str) -> String {
+    let mut all = vec!["segment", "--model", model.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run_cws(&all, input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Runs `cws eval --gold GOLD --pred PRED`.
 pub fn run_eval(gold: &Path, pred: &Path) -> Output {
     run_cws(

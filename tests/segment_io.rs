@@ -1,7 +1,7 @@
 //! `cws segment` in pipelines: JSON-lines input, lines that are not UTF-8,
 //! and progress that stays on stderr (and `cws eval --model`'s).
 
-use crate::common::{cws, dict, repo_root, run_cws, write_file};
+use crate::common::{cws, dict, repo_root, run_cws, segment_with_model, write_file};
 
 /// Runs `cws segment --dict-only` (北京, 天安门) with `args`, feeding `stdin`;
 /// stdout, stderr and whether it succeeded.
@@ -52,22 +52,7 @@ fn jsonl_input_passes_every_field_through_and_adds_the_words() {
 fn jsonl_input_with_the_bundled_model() {
     let input = "{\"id\":17,\"text\":\"我爱北京天安门\",\"lang\":\"zh\"}\n";
     let model = repo_root().join("models/pku");
-    let out = run_cws(
-        &[
-            "segment",
-            "--model",
-            model.to_str().unwrap(),
-            "--input-format",
-            "jsonl",
-        ],
-        input.as_bytes(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = segment_with_model(&model, &["--input-format", "jsonl"], input);
     assert!(
         text.starts_with("{\"id\":17,\"text\":\"我爱北京天安门\",\"lang\":\"zh\",\"words\":["),
         "{text}"

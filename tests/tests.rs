@@ -13,5 +13,6 @@ mod properties;
 mod safety;
 mod scale_out;
 mod scoring;
+mod script;
 mod segment_io;
 mod training;

@@ -3,7 +3,7 @@
 //! resumed run equals an uninterrupted one, and a trained model segments
 //! losslessly through the CLI.
 
-use crate::common::{run_cws, write_file};
+use crate::common::{run_cws, segment_with_model, write_file};
 use cws::config::TrainConfig;
 use cws::train::{train_until, Progress};
 use rand::{Rng, SeedableRng};
@@ -151,25 +151,8 @@ fn training_learns_checkpoints_and_resumes_exactly() {
 /// Runs `cws segment --model model` on `input` and checks that removing the
 /// separators gives the input back.
 fn segments_losslessly(model: &Path, input: &str) {
-    let out = run_cws(
-        &[
-            "segment",
-            "--model",
-            model.to_str().unwrap(),
-            "--delimiter",
-            "|",
-        ],
-        input.as_bytes(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap().replace('|', ""),
-        input
-    );
+    let out = segment_with_model(model, &["--delimiter", "|"], input);
+    assert_eq!(out.replace('|', ""), input);
 }
 
 #[test]
