@@ -17,6 +17,13 @@ SEGMENTERS = {
     "pkuseg-10pct": "pkuseg, 10% split model + bundled dictionary ¹",
     "pkuseg-10pct-nodict": "pkuseg, 10% split model alone ¹",
 }
+CORPORA = {"pku": "PKU", "msr": "MSR", "gsdsimp-dev": "gsdsimp-dev ³"}
+PLACEHOLDER = {"pku": "CWS_MODEL_PKU", "msr": "CWS_MODEL_MSR or a cws with `--standard msr`",
+               "gsdsimp-dev": "CWS_MODEL_PKU"}
+GSD_NOTE = ("³ gsdsimp-dev: the dev split of UD Chinese GSDSimp (500 Wikipedia sentences, `ud/` in the data "
+            "folder), a cross-domain set whose segmentation standard is the treebank's, not PKU's: every system "
+            "runs as it does on PKU (cws's PKU model, pkuseg's PKU 10% split models), and OOV = not in the PKU "
+            "training word list (the set has no training list of its own).")
 FOOTNOTE = ("¹ pkuseg trained (pkuseg.train, PKUSEG_ITERS iterations, default 20) on the same 10% training split as cws; "
             "the test text is shown to it normalized as that split is (`--normalize`), "
             "the output keeps the original characters.")
@@ -91,16 +98,20 @@ def main():
 
     acc = by_part.get("accuracy", [])
     if acc:
-        w("### Accuracy (SIGHAN 2005 test sets, scored by `cws eval`; OOV = not in the full training word list)\n")
+        gsd = any(r["corpus"] == "gsdsimp-dev" for r in acc)
+        w("### Accuracy (SIGHAN 2005 test sets{}, scored by `cws eval`; OOV = not in the full training word list)\n"
+          .format(" and the GSDSimp dev set ³" if gsd else ""))
         w("| segmenter | corpus | P | R | F1 | OOV rate | OOV-R | IV-R |")
         w("|---|---|--:|--:|--:|--:|--:|--:|")
         mismatch_notes = set()
-        for corpus in ("pku", "msr"):
+        corpora = list(CORPORA) + sorted({r["corpus"] for r in acc} - set(CORPORA))
+        for corpus in corpora:
             rs = [r for r in acc if r["corpus"] == corpus]
             if not rs:
                 continue
+            name = CORPORA.get(corpus, corpus)
             if not any(r["segmenter"] == "cws-model" for r in rs):
-                w(f"| cws, model | {corpus.upper()} | _placeholder: needs CWS_MODEL_{corpus.upper()}_ "
+                w(f"| cws, model | {name} | _placeholder: needs {PLACEHOLDER.get(corpus, 'a cws model')}_ "
                   "| — | — | — | — | — |")
             counts = {len(r.get("text_mismatch_lines") or []) for r in rs}
             for r in rs:
@@ -108,18 +119,23 @@ def main():
                 note = ""
                 if bad and len(counts) == 1:
                     note = " ²"
-                    mismatch_notes.add(f"² {corpus.upper()}: on {bad} lines the official test input and gold file "
+                    mismatch_notes.add(f"² {name.rstrip(' ³')}: on {bad} lines the official test input and gold file "
                                        "do not spell the same text (a character sits on a neighbouring line in the "
                                        "gold file); the same for every segmenter, scored as the official script does.")
                 elif bad:
                     note = f" ({bad} lines do not spell the gold text)"
-                w(f"| {SEGMENTERS.get(r['segmenter'], r['segmenter'])}{note} | {corpus.upper()} "
+                label = SEGMENTERS.get(r["segmenter"], r["segmenter"])
+                if r["segmenter"] == "cws-model" and r.get("model"):
+                    label += f" ({r['model']})"
+                w(f"| {label}{note} | {name} "
                   f"| {r['precision']:.3f} | {r['recall']:.3f} | **{r['f1']:.3f}** | {r['oov_rate']:.3f} "
                   f"| {r['oov_recall']:.3f} | {r['iv_recall']:.3f} |")
         if any(r["segmenter"].startswith("pkuseg-10pct") for r in acc):
             w("\n" + FOOTNOTE)
         for n in sorted(mismatch_notes):
             w("\n" + n)
+        if gsd:
+            w("\n" + GSD_NOTE)
         w("")
 
     train = by_part.get("pkuseg-train", [])
