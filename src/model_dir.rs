@@ -97,6 +97,14 @@ macro_rules! model_files {
                 include_bytes!(concat!("../models/", $name, "/lexicon.safetensors")),
             ),
             (
+                GENERAL_LEXICON_FILE,
+                include_bytes!(concat!(
+                    "../models/",
+                    $name,
+                    "/general_lexicon.safetensors"
+                )),
+            ),
+            (
                 BIGRAM_SEEN_FILE,
                 include_bytes!(concat!("../models/", $name, "/bigrams.safetensors")),
             ),
