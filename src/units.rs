@@ -10,10 +10,12 @@
 //! - number: `[-+]?[0-9]+([.·][0-9]+)?%?` after width folding (the regular
 //!   expression the training files collapsed to `0`), widened to numbers as
 //!   people write them: `1,234.56`, `12:30`, `2024-01-15`, `+86-10-12345678`,
-//!   `50-60` (see [`number_len`]). A sign right after a digit, a letter or `%`
+//!   `50-60` (see [`number_len`]). A sign right after a digit, a Latin letter or `%`
 //!   is not the number's (`A-3` is `A` `-` `3`);
 //! - Latin run: `[A-Za-z_.]+` after width folding (collapsed to `X` there),
-//!   plus the Latin letters beyond ASCII (`café`, `São`, `Ærø`, `Nguyễn`);
+//!   plus the Latin letters beyond ASCII (`café`, `São`, `Ærø`, `Nguyễn`); a
+//!   run ending in a letter takes `-` and digits after it (`AK-47`, `COVID-19`,
+//!   written as one word in the PKU and MSR gold files and word lists);
 //! - web address or e-mail (raw text only; the training files have none): a run
 //!   of URL characters starting `http://`, `https://`, `ftp://` or `www.`, or
 //!   `name@host.tld`, after width folding, without trailing `.,;:!?)`. It reads
@@ -94,7 +96,7 @@ fn is_latin(c: char) -> bool {
 }
 
 /// Whether a sign (`-`/`+`) right after `c` is an operator or a dash, not the
-/// sign of the number that follows: after a digit, a letter or `%` (`50-60`,
+/// sign of the number that follows: after a digit, a Latin letter or `%` (`50-60`,
 /// `A-3`, `5%-10%`).
 fn blocks_sign(c: char) -> bool {
     c.is_ascii_digit() || c == '%' || c.is_ascii_alphabetic() || is_latin_extended(c)
@@ -112,8 +114,8 @@ fn blocks_sign(c: char) -> bool {
 ///   full-width `，` is Chinese punctuation and never separates thousands);
 /// - `[0-9]+([.·][0-9]+)?`, the rule of the training files' normalisation.
 ///
-/// A sign is read as one only where it does not follow a digit, a letter or
-/// `%` ([`blocks_sign`]); a `-` between two groups joins them (`2024-01-15`,
+/// A sign is read as one only where it does not follow a digit, a Latin
+/// letter or `%` ([`blocks_sign`]); a `-` between two groups joins them (`2024-01-15`,
 /// `+86-10-12345678`, `50-60`), so a range is never read as `50` and `-60`.
 ///
 /// The normalised training files hold none of the new forms: there every
@@ -292,6 +294,18 @@ pub fn split_units(text: &str) -> Vec<Unit> {
             while j < folded.len() && is_latin(folded[j]) {
                 j = to_bound(j + 1);
             }
+            // A word joined to a number by a hyphen is one name (`AK-47`,
+            // `COVID-19`, `ｃ-１７`): the hyphen is not the number's sign.
+            if prev_base(j).is_some_and(char::is_alphabetic) {
+                let digit_at = |k: usize| folded.get(k).is_some_and(char::is_ascii_digit);
+                while folded.get(j) == Some(&'-') && digit_at(j + 1) {
+                    j += 1;
+                    while digit_at(j) {
+                        j += 1;
+                    }
+                    j = to_bound(j);
+                }
+            }
             (j, UnitKind::Latin)
         } else {
             (to_bound(i + 1), UnitKind::Char(folded[i]))
@@ -439,7 +453,8 @@ mod tests {
             ("12:30", vec!["0"]),
             ("+86-10-12345678", vec!["0"]),
             ("50-60", vec!["0"]),
-            ("A-3", vec!["X", "-", "0"]),
+            ("A-3", vec!["X"]),
+            ("A.-3", vec!["X", "0"]),
             ("0:0", vec!["0", ":", "0"]),
             ("0,0", vec!["0", ",", "0"]),
             ("0/0", vec!["0", "/", "0"]),

@@ -74,7 +74,10 @@ fn grapheme_clusters_are_never_split() {
     assert_eq!(unit_texts(&text), [text.as_str()]);
     assert_eq!(split_units(DECOMPOSED_CAFE)[0].kind, UnitKind::Latin);
     // A mark after a number stays with it (keycap one: 1 U+FE0F U+20E3).
-    assert_eq!(unit_texts("1\u{FE0F}\u{20E3}号"), ["1\u{FE0F}\u{20E3}", "号"]);
+    assert_eq!(
+        unit_texts("1\u{FE0F}\u{20E3}号"),
+        ["1\u{FE0F}\u{20E3}", "号"]
+    );
     // A cluster that starts a unit is keyed by its first character.
     assert_eq!(split_units(HAN_WITH_MARK)[0].key(), "中");
     // Two flags in a row are two units.
@@ -107,15 +110,26 @@ fn numbers_as_people_write_them_are_one_unit() {
 #[test]
 fn a_sign_never_attaches_right_after_a_digit_or_letter() {
     for (text, parts) in [
-        ("A-3", vec!["A", "-", "3"]),
-        ("é-3", vec!["é", "-", "3"]),
         ("1+1", vec!["1", "+", "1"]),
+        ("3-+1", vec!["3", "-", "+1"]),
         ("5%-10%", vec!["5%", "-", "10%"]),
         // After a space or a CJK character the sign is the number's.
         ("50 -60", vec!["50", " ", "-60"]),
         ("零下-5", vec!["零", "下", "-5"]),
     ] {
         assert_eq!(unit_texts(text), parts, "{text}");
+    }
+    // After a letter, a hyphen and digits join the word: one name.
+    for name in [
+        "AK-47",
+        "COVID-19",
+        "Tu-16",
+        "ｃ-１７",
+        "Škoda-120",
+        "A-1-2",
+    ] {
+        assert_one_unit(&format!("以{name}的"), name);
+        assert_eq!(split_units(name)[0].key(), "X", "{name}");
     }
     // Never `50` `-60`.
     for text in ["50-60", "50-60人", "约50-60%"] {
