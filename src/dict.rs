@@ -113,11 +113,16 @@ impl Dictionary {
     }
 }
 
-/// A unit as entries are matched: a character by its key, anything else by
+/// A unit as entries are matched: a character by its key (followed by the
+/// rest of its grapheme cluster, if any: `👍🏽` is not `👍`), anything else by
 /// its text.
 fn form<'a>(text: &'a str, unit: &Unit) -> Cow<'a, str> {
     match unit.kind {
-        UnitKind::Char(_) => Cow::Owned(unit.key()),
+        UnitKind::Char(_) => {
+            let t = &text[unit.span.clone()];
+            let first = t.chars().next().map_or(0, char::len_utf8);
+            Cow::Owned(unit.key() + &t[first..])
+        }
         _ => Cow::Borrowed(&text[unit.span.clone()]),
     }
 }

@@ -1,19 +1,30 @@
-//! Units, the model's view of text: one unit per character, except that a
-//! number, a run of Latin letters and a web or e-mail address each form one unit. Full-width ASCII forms
-//! read as their half-width twins, and traditional characters as simplified
-//! ones (in [`Unit::key`], see [`crate::script`]). Every unit keeps its byte
-//! span of the original text, so joining the units' text gives back the input
-//! exactly.
+//! Units, the model's view of text: one unit per character (more exactly, per
+//! extended grapheme cluster), except that a number, a run of Latin letters and
+//! a web or e-mail address each form one unit. Full-width ASCII forms read as
+//! their half-width twins, and traditional characters as simplified ones (in
+//! [`Unit::key`], see [`crate::script`]). Every unit keeps its byte span of the
+//! original text, so joining the units' text gives back the input exactly.
 //!
 //! The rules mirror the normalisation of the 10% training files (see
 //! data/README.md), so raw `１９９８年` and normalised `0年` give the same units:
-//! - number: `[-+]?[0-9]+([.·][0-9]+)?%?` after width folding, matched leftmost
-//!   and greedily (the same regular expression the training files collapsed to `0`);
-//! - Latin run: `[A-Za-z_.]+` after width folding (collapsed to `X` there);
+//! - number: `[-+]?[0-9]+([.·][0-9]+)?%?` after width folding (the regular
+//!   expression the training files collapsed to `0`), widened to numbers as
+//!   people write them: `1,234.56`, `12:30`, `2024-01-15`, `+86-10-12345678`,
+//!   `50-60` (see [`number_len`]). A sign right after a digit, a Latin letter or `%`
+//!   is not the number's (`A-3` is `A` `-` `3`);
+//! - Latin run: `[A-Za-z_.]+` after width folding (collapsed to `X` there),
+//!   plus the Latin letters beyond ASCII (`café`, `São`, `Ærø`, `Nguyễn`); a
+//!   run ending in a letter takes `-` and digits after it (`AK-47`, `COVID-19`,
+//!   written as one word in the PKU and MSR gold files and word lists);
 //! - web address or e-mail (raw text only; the training files have none): a run
 //!   of URL characters starting `http://`, `https://`, `ftp://` or `www.`, or
 //!   `name@host.tld`, after width folding, without trailing `.,;:!?)`. It reads
 //!   as a Latin run (`X`), so it is one unit, never split.
+//!
+//! No unit boundary falls inside an extended grapheme cluster (UAX #29): a
+//! unit takes the rest of the cluster it ends in, so `e` + U+0301, `👍🏽`,
+//! `👨‍👩‍👧‍👦` and `🇨🇳` stay whole, and a combining mark stays with the CJK
+//! character before it.
 //!
 //! Addresses are tried first, then numbers, then Latin runs. Without addresses,
 //! trying numbers before Latin runs and scanning left to right yields the same
@@ -21,8 +32,15 @@
 //! line, because a Latin run never contains a digit and a number only takes a
 //! `.` that is followed by a digit. (The PKU gold files write addresses as one
 //! word, e.g. `www.people.com.cn／sport`.)
+//!
+//! None of the widenings changes a unit of the normalised training files
+//! (`pku_10pct`, `msr_10pct`): they hold no letter beyond ASCII, no combining
+//! mark or emoji, and, every number being the digit `0` with its sign already
+//! taken, no `-0`, `0-0`, `0:00` or `0,000`. Their units were compared line by
+//! line before and after the change.
 
 use std::ops::Range;
+use unicode_segmentation::UnicodeSegmentation;
 
 /// What a unit is; the key the model sees depends only on the kind and, for a
 /// plain character, on the width-folded character.
@@ -65,32 +83,96 @@ pub fn fold_width(c: char) -> char {
     }
 }
 
-fn is_latin(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == '.'
+/// A letter of the Latin script beyond ASCII: an alphabetic character of
+/// Latin-1 Supplement, Latin Extended-A/B or Latin Extended Additional
+/// (`é`, `ï`, `ã`, `Æ`, `ø`, `ǎ`, `ệ`). CJK characters are alphabetic too but
+/// are never Latin.
+fn is_latin_extended(c: char) -> bool {
+    matches!(c, '\u{00AA}'..='\u{024F}' | '\u{1E00}'..='\u{1EFF}') && c.is_alphabetic()
 }
 
-/// Length in chars of the number starting at `chars[i]`, if one starts there.
-fn number_len(chars: &[char], i: usize) -> Option<usize> {
+fn is_latin(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == '.' || is_latin_extended(c)
+}
+
+/// Whether a sign (`-`/`+`) right after `c` is an operator or a dash, not the
+/// sign of the number that follows: after a digit, a Latin letter or `%` (`50-60`,
+/// `A-3`, `5%-10%`).
+fn blocks_sign(c: char) -> bool {
+    c.is_ascii_digit() || c == '%' || c.is_ascii_alphabetic() || is_latin_extended(c)
+}
+
+/// Numbers as people write them, matched at `chars[i]` (width-folded; `raw`
+/// is the same text unfolded; `prev` is the first character of the grapheme
+/// cluster before `i`). Returns the length in chars.
+///
+/// `[-+]? GROUP (- GROUP)* %?`, where a GROUP is one of
+/// - a clock time `H:MM` or `H:MM:SS` (one or two digits for the hour, exactly
+///   two after each colon);
+/// - a number with thousands separators, `1,234` or `12,345,678.9` (one to
+///   three leading digits, then groups of exactly three after an ASCII comma; a
+///   full-width `，` is Chinese punctuation and never separates thousands);
+/// - `[0-9]+([.·][0-9]+)?`, the rule of the training files' normalisation.
+///
+/// A sign is read as one only where it does not follow a digit, a Latin
+/// letter or `%` ([`blocks_sign`]); a `-` between two groups joins them (`2024-01-15`,
+/// `+86-10-12345678`, `50-60`), so a range is never read as `50` and `-60`.
+///
+/// The normalised training files hold none of the new forms: there every
+/// number is the single digit `0`, and their normaliser ate the sign of every
+/// `-` or `+` before a digit, so `0-0`, `-0`, `0:00` and `0,000` do not occur
+/// and their units are those of the old rule (checked line by line).
+fn number_len(chars: &[char], raw: &[char], i: usize, prev: Option<char>) -> Option<usize> {
     let digits = |from: usize| {
-        chars[from..]
+        chars
+            .get(from..)
+            .unwrap_or(&[])
             .iter()
             .take_while(|c| c.is_ascii_digit())
             .count()
     };
+    let is_digit_at = |k: usize| chars.get(k).is_some_and(char::is_ascii_digit);
+    // One group starting at `j` (a digit), returning its end.
+    let group = |j: usize| -> usize {
+        let n = digits(j);
+        let mut end = j + n;
+        // Clock time.
+        if n <= 2 && chars.get(end) == Some(&':') && digits(end + 1) == 2 {
+            end += 3;
+            if chars.get(end) == Some(&':') && digits(end + 1) == 2 {
+                end += 3;
+            }
+            return end;
+        }
+        // Thousands separators.
+        if n <= 3 {
+            let mut k = end;
+            while raw.get(k) == Some(&',') && digits(k + 1) == 3 {
+                k += 4;
+            }
+            end = k;
+        }
+        if matches!(chars.get(end), Some('.' | '·')) {
+            let frac = digits(end + 1);
+            if frac > 0 {
+                end += 1 + frac;
+            }
+        }
+        end
+    };
     let mut j = i;
-    if matches!(chars.get(j), Some('-' | '+')) {
+    if matches!(chars.get(j), Some('-' | '+'))
+        && !prev.is_some_and(blocks_sign)
+        && is_digit_at(j + 1)
+    {
         j += 1;
     }
-    let n = digits(j.min(chars.len()));
-    if n == 0 {
+    if !is_digit_at(j) {
         return None;
     }
-    j += n;
-    if matches!(chars.get(j), Some('.' | '·')) {
-        let frac = digits((j + 1).min(chars.len()));
-        if frac > 0 {
-            j += 1 + frac;
-        }
+    j = group(j);
+    while chars.get(j) == Some(&'-') && is_digit_at(j + 1) {
+        j = group(j + 1);
     }
     if chars.get(j) == Some(&'%') {
         j += 1;
@@ -150,33 +232,89 @@ fn address_len(chars: &[char], i: usize) -> Option<usize> {
     Some(len)
 }
 
+/// `bounds[k]`: whether a unit may start or end before char `k` of `text`,
+/// i.e. whether `k` is an extended grapheme cluster boundary (UAX #29). A
+/// CR LF pair, one cluster there, stays two characters here: line ends are
+/// never inside a unit's text anyway, and whitespace keeps a unit per char.
+fn cluster_bounds(text: &str) -> Vec<bool> {
+    let n = text.chars().count();
+    let mut bounds = vec![false; n + 1];
+    bounds[n] = true;
+    let mut k = 0;
+    for g in text.graphemes(true) {
+        bounds[k] = true;
+        if g == "\r\n" {
+            bounds[k + 1] = true;
+        }
+        k += g.chars().count();
+    }
+    bounds
+}
+
 /// Splits `text` into units. Whitespace characters, where a caller passes them,
 /// become units of their own like any other character.
+///
+/// No unit ends inside an extended grapheme cluster: a unit extends over the
+/// rest of the cluster where it ends (`e` + U+0301, `👍🏽`, `👨‍👩‍👧‍👦`, `🇨🇳`, a CJK
+/// character with a combining mark), and a Latin run continues over such
+/// marks. A [`UnitKind::Char`] unit is keyed by the cluster's first character.
 pub fn split_units(text: &str) -> Vec<Unit> {
     let offsets: Vec<usize> = text
         .char_indices()
         .map(|(b, _)| b)
         .chain(std::iter::once(text.len()))
         .collect();
-    let folded: Vec<char> = text.chars().map(fold_width).collect();
+    let raw: Vec<char> = text.chars().collect();
+    let folded: Vec<char> = raw.iter().copied().map(fold_width).collect();
+    let bounds = cluster_bounds(text);
+    // The first cluster boundary at or after `k`.
+    let to_bound = |mut k: usize| {
+        while !bounds[k] {
+            k += 1;
+        }
+        k
+    };
+    // The first character of the cluster that ends at `k`.
+    let prev_base = |k: usize| {
+        let mut b = k.checked_sub(1)?;
+        while !bounds[b] {
+            b -= 1;
+        }
+        Some(folded[b])
+    };
     let mut units = Vec::with_capacity(folded.len());
     let mut i = 0;
     while i < folded.len() {
-        let (len, kind) = if let Some(n) = address_len(&folded, i) {
-            (n, UnitKind::Address)
-        } else if let Some(n) = number_len(&folded, i) {
-            (n, UnitKind::Number)
+        let (end, kind) = if let Some(n) = address_len(&folded, i) {
+            (to_bound(i + n), UnitKind::Address)
+        } else if let Some(n) = number_len(&folded, &raw, i, prev_base(i)) {
+            (to_bound(i + n), UnitKind::Number)
         } else if is_latin(folded[i]) {
-            let n = folded[i..].iter().take_while(|&&c| is_latin(c)).count();
-            (n, UnitKind::Latin)
+            let mut j = i;
+            while j < folded.len() && is_latin(folded[j]) {
+                j = to_bound(j + 1);
+            }
+            // A word joined to a number by a hyphen is one name (`AK-47`,
+            // `COVID-19`, `ｃ-１７`): the hyphen is not the number's sign.
+            if prev_base(j).is_some_and(char::is_alphabetic) {
+                let digit_at = |k: usize| folded.get(k).is_some_and(char::is_ascii_digit);
+                while folded.get(j) == Some(&'-') && digit_at(j + 1) {
+                    j += 1;
+                    while digit_at(j) {
+                        j += 1;
+                    }
+                    j = to_bound(j);
+                }
+            }
+            (j, UnitKind::Latin)
         } else {
-            (1, UnitKind::Char(folded[i]))
+            (to_bound(i + 1), UnitKind::Char(folded[i]))
         };
         units.push(Unit {
-            span: offsets[i]..offsets[i + len],
+            span: offsets[i]..offsets[end],
             kind,
         });
-        i += len;
+        i = end;
     }
     units
 }
@@ -260,7 +398,8 @@ mod tests {
         let units = split_units(text);
         let joined: String = units.iter().map(|u| &text[u.span.clone()]).collect();
         assert_eq!(joined, text);
-        assert_eq!(keys(text), ["约", "0", "的", "X", "和", "0", "0", "年"]);
+        // A range is one number (the training files' `0` ate both its ends).
+        assert_eq!(keys(text), ["约", "0", "的", "X", "和", "0", "年"]);
     }
 
     #[test]
@@ -289,6 +428,39 @@ mod tests {
     fn dot_without_digit_is_latin() {
         assert_eq!(keys("3.a"), ["0", "X"]);
         assert_eq!(keys("…"), ["…"]);
+    }
+
+    #[test]
+    fn units_never_end_inside_a_cluster() {
+        let texts = |t: &str| -> Vec<String> {
+            split_units(t)
+                .iter()
+                .map(|u| t[u.span.clone()].to_string())
+                .collect()
+        };
+        assert_eq!(texts("cafe\u{301}好"), ["cafe\u{301}", "好"]);
+        assert_eq!(texts("好\u{301}吗"), ["好\u{301}", "吗"]);
+        assert_eq!(texts("12\u{301}3"), ["12\u{301}", "3"]);
+        assert_eq!(texts("\r\n"), ["\r", "\n"]);
+        assert_eq!(keys("Ærø的café"), ["X", "的", "X"]);
+    }
+
+    #[test]
+    fn number_forms() {
+        for (t, k) in [
+            ("1,234.56元", vec!["0", "元"]),
+            ("2024-01-15", vec!["0"]),
+            ("12:30", vec!["0"]),
+            ("+86-10-12345678", vec!["0"]),
+            ("50-60", vec!["0"]),
+            ("A-3", vec!["X"]),
+            ("A.-3", vec!["X", "0"]),
+            ("0:0", vec!["0", ":", "0"]),
+            ("0,0", vec!["0", ",", "0"]),
+            ("0/0", vec!["0", "/", "0"]),
+        ] {
+            assert_eq!(keys(t), k, "{t}");
+        }
     }
 
     #[test]

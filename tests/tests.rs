@@ -16,3 +16,4 @@ mod scoring;
 mod script;
 mod segment_io;
 mod training;
+mod units;
