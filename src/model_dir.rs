@@ -98,11 +98,7 @@ macro_rules! model_files {
             ),
             (
                 GENERAL_LEXICON_FILE,
-                include_bytes!(concat!(
-                    "../models/",
-                    $name,
-                    "/general_lexicon.safetensors"
-                )),
+                include_bytes!(concat!("../models/", $name, "/general_lexicon.safetensors")),
             ),
             (
                 BIGRAM_SEEN_FILE,

@@ -584,7 +584,9 @@ fn config_extensions_are_typed_and_round_trip() {
     assert_eq!(cfg.cws.lexicon_features, 10);
     assert_eq!(cfg.cws.bigram_buckets, 20000);
     assert!(cfg.cws.bigram_seen);
-    assert_eq!(cfg.cws.boundary_bias, Some(1.0));
+    assert_eq!(cfg.cws.boundary_bias, Some(2.0));
+    assert_eq!(cfg.cws.general_lexicon_features, 10);
+    assert_eq!(cfg.cws.standard, Some(cws::model::Standard::Pku));
     assert!(cfg.extra.keys().all(|k| !k.starts_with("cws_")));
     assert_eq!(cfg.to_json_string().unwrap(), text);
 
