@@ -1,7 +1,7 @@
 //! The command line as a newcomer meets it: the README's commands run as
 //! written, CI runs the README's test command, and `--help` shows examples.
 
-use crate::common::{cws, repo_root, run_cws, run_with_stdin};
+use crate::common::{cws, repo_root, run_cws, run_with_stdin, segment_losslessly};
 
 fn readme() -> String {
     std::fs::read_to_string(repo_root().join("README.md")).unwrap()
@@ -75,14 +75,7 @@ fn segment_uses_the_bundled_pku_model_by_default() {
         "models/pku is in the repository"
     );
     let input = "１９９８年，中国经济增长７．８％。http://www.x.cn 上海浦东开发\n\n";
-    let out = run_cws(&["segment"], input.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.replace(' ', ""), input.replace(' ', ""));
+    let text = segment_losslessly(&["segment"], input);
     assert!(text.contains("中国 ") && text.contains(" 经济"), "{text}");
     let words: Vec<&str> = text.split_whitespace().collect();
     for whole in ["http://www.x.cn", "７．８％"] {

@@ -15,6 +15,20 @@ pub fn run_cws(args: &[&str], stdin: &[u8]) -> Output {
     run_with_stdin(cws().args(args), stdin)
 }
 
+/// Runs `cws ARGS` on `input`, checks that it succeeds and that its output is
+/// the input with only spaces inserted, and returns the output.
+pub fn segment_losslessly(args: &[&str], input: &str) -> String {
+    let out = run_cws(args, input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.replace(' ', ""), input.replace(' ', ""));
+    text
+}
+
 /// Runs `cmd` (environment and folder set), feeding `stdin`.
 pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
     let mut child = cmd

@@ -3,7 +3,7 @@
 //! them, through `split_units` and through `cws segment` (the dictionary
 //! baseline and the built-in model).
 
-use crate::common::{run_cws, write_file};
+use crate::common::{segment_losslessly, write_file};
 use cws::units::{split_units, UnitKind};
 
 /// The units' texts; their concatenation must give `text` back.
@@ -158,16 +158,10 @@ fn wholes() -> Vec<&'static str> {
 /// Runs `cws segment ARGS` on `line`, checks the output gives the input back
 /// without the inserted spaces, and returns its tokens.
 fn segment(args: &[&str], line: &str) -> Vec<String> {
-    let input = format!("{line}\n");
-    let out = run_cws(args, input.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.replace(' ', ""), input.replace(' ', ""));
-    text.split_whitespace().map(str::to_string).collect()
+    segment_losslessly(args, &format!("{line}\n"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
