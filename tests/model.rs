@@ -584,7 +584,10 @@ fn config_extensions_are_typed_and_round_trip() {
     assert_eq!(cfg.cws.lexicon_features, 10);
     assert_eq!(cfg.cws.bigram_buckets, 20000);
     assert!(cfg.cws.bigram_seen);
-    assert_eq!(cfg.cws.boundary_bias, Some(2.0));
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let want = raw["cws_boundary_bias"].as_f64().map(|b| b as f32);
+    assert_eq!(cfg.cws.boundary_bias, want);
+    assert!(cfg.cws.boundary_bias.is_some());
     assert_eq!(cfg.cws.general_lexicon_features, 10);
     assert_eq!(cfg.cws.standard, Some(cws::model::Standard::Pku));
     assert!(cfg.extra.keys().all(|k| !k.starts_with("cws_")));
