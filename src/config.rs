@@ -284,7 +284,10 @@ impl TrainConfig {
     pub fn load_with(path: &Path, overrides: &toml::Table) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new("")))?;
+        // The absolute path's folder: a bare file name's parent is "".
+        let absolute =
+            std::path::absolute(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
         let from_file = || -> Result<toml::Table> {
             let mut table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
             resolve_paths(&mut table, &base)?;

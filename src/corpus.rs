@@ -2,7 +2,12 @@
 //! and raw text, line by line, with errors that name the file and line.
 
 use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
+
+/// UTF-8's byte-order mark, dropped from the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// One line of a file, without its line end, with its 1-based line number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +20,7 @@ pub struct Line {
 /// LF with an optional CR before it, and a final line without LF still counts.
 /// Invalid UTF-8 is an error naming `name`, the line and the byte column.
 pub fn lines_from_bytes(name: &str, bytes: &[u8]) -> Result<Vec<Line>> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
     if let Some(guess) = utf16_guess(bytes) {
         bail!("{name}: {}", advice(name, guess));
     }
@@ -25,15 +30,96 @@ pub fn lines_from_bytes(name: &str, bytes: &[u8]) -> Result<Vec<Line>> {
     }
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     for (index, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = std::str::from_utf8(raw)
-            .map_err(|e| invalid_utf8(name, index + 1, raw, e.valid_up_to()))?;
         lines.push(Line {
             number: index + 1,
-            text: text.to_string(),
+            text: decode_line(name, index + 1, raw)?,
         });
     }
     Ok(lines)
+}
+
+/// One line's bytes, LF taken off, as text: a CR before the LF is dropped,
+/// invalid UTF-8 is an error naming `name` and the line.
+fn decode_line(name: &str, number: usize, raw: &[u8]) -> Result<String> {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    std::str::from_utf8(raw)
+        .map(str::to_string)
+        .map_err(|e| invalid_utf8(name, number, raw, e.valid_up_to()))
+}
+
+/// A text file read a line at a time, as [`lines_from_bytes`] reads a whole
+/// one, so that files larger than memory can be read; each line comes with
+/// the byte offset in the file where it starts, for [`line_at`].
+pub struct LineReader {
+    name: String,
+    reader: BufReader<File>,
+    offset: u64,
+    number: usize,
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self {
+            name: path.display().to_string(),
+            reader: BufReader::with_capacity(1 << 16, file),
+            offset: 0,
+            number: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next line and its byte offset, or `None` at the end of the file.
+    pub fn next_line(&mut self) -> Result<Option<(u64, Line)>> {
+        self.buf.clear();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut self.buf)
+            .with_context(|| format!("cannot read {}", self.name))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut start = 0;
+        if self.number == 0 {
+            if self.buf.starts_with(BOM) {
+                start = BOM.len();
+            }
+            if let Some(guess) = utf16_guess(&self.buf[start..]) {
+                bail!("{}: {}", self.name, advice(&self.name, guess));
+            }
+        }
+        self.number += 1;
+        let raw = &self.buf[start..];
+        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let at = self.offset + start as u64;
+        self.offset += n as u64;
+        Ok(Some((
+            at,
+            Line {
+                number: self.number,
+                text: decode_line(&self.name, self.number, raw)?,
+            },
+        )))
+    }
+}
+
+/// The line of `file` (named `path`) that starts at byte `offset`, as
+/// [`LineReader`] gave it.
+pub fn line_at(file: &mut BufReader<File>, path: &Path, offset: u64) -> Result<String> {
+    let mut raw = Vec::new();
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_until(b'\n', &mut raw))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    match std::str::from_utf8(raw) {
+        Ok(text) => Ok(text.to_string()),
+        Err(_) => bail!(
+            "{}: the line at byte {offset} is not UTF-8: the file changed since it was read",
+            path.display()
+        ),
+    }
 }
 
 /// The error for a line that is not UTF-8: where, and (when the bytes look
@@ -264,6 +350,45 @@ mod tests {
         let texts: Vec<_> = lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["a b", "", "c"]);
         assert_eq!(lines[2].number, 3);
+    }
+
+    #[test]
+    fn line_reader_reads_as_whole_files_are_read_and_finds_lines_again() {
+        let dir = tempfile::tempdir().unwrap();
+        for bytes in [
+            &b"\xEF\xBB\xBF\xe6\x88\x91 b\r\n\r\nc"[..],
+            b"a\n\n",
+            b"\n",
+            b"",
+            b"one line\n",
+        ] {
+            let path = dir.path().join("f.txt");
+            std::fs::write(&path, bytes).unwrap();
+            let mut reader = LineReader::open(&path).unwrap();
+            let mut file = BufReader::new(File::open(&path).unwrap());
+            let mut streamed = Vec::new();
+            while let Some((offset, line)) = reader.next_line().unwrap() {
+                assert_eq!(line_at(&mut file, &path, offset).unwrap(), line.text);
+                streamed.push(line);
+            }
+            assert_eq!(streamed, lines_from_bytes("f", bytes).unwrap(), "{bytes:?}");
+        }
+        let path = dir.path().join("bad.txt");
+        std::fs::write(&path, b"ok\nbad \xFF\n").unwrap();
+        let mut reader = LineReader::open(&path).unwrap();
+        reader.next_line().unwrap();
+        let err = reader.next_line().unwrap_err().to_string();
+        assert!(
+            err.ends_with("bad.txt:2: invalid UTF-8 at byte 5 of the line"),
+            "{err}"
+        );
+        let utf16: Vec<u8> = "ab cd\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        std::fs::write(&path, utf16).unwrap();
+        let err = LineReader::open(&path).unwrap().next_line().unwrap_err();
+        assert!(err.to_string().contains("UTF-16"), "{err}");
     }
 
     #[test]

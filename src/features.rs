@@ -41,18 +41,27 @@ pub(crate) fn hash_keys(keys: &[String]) -> u64 {
     h.0
 }
 
+/// FNV-1a, 64 bits.
 #[derive(Clone, Copy)]
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Fnv {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
+    /// A key and the separator byte after it.
     fn push(&mut self, key: &str) {
-        for b in key.bytes().chain(std::iter::once(0x1f)) {
+        self.push_bytes(key.as_bytes());
+        self.push_bytes(&[0x1f]);
+    }
+    pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
+    }
+    pub(crate) fn finish(self) -> u64 {
+        self.0
     }
 }
 

@@ -398,6 +398,12 @@ fn configs_resolve_paths_from_their_own_folder_and_reruns_are_explicit() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("missing.txt"), "{}", stderr(&out));
     assert!(!tmp.path().join("runs/bad").exists());
+    // The same, named by its bare file name from its own folder.
+    let name = bad.file_name().unwrap().to_str().unwrap();
+    let out = train_cmd(bad.parent().unwrap(), &["--config", name])
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("missing.txt"), "{}", stderr(&out));
 
     // ${VAR} in a config path.
     let var = tiny_config(tmp.path(), "var", "max_steps = 2\n");

@@ -849,11 +849,15 @@ fn distill_text_trains_on_raw_text_labelled_by_the_teacher() {
     let teacher = config(tmp.path(), "teacher", 12);
     train_until(&teacher, false, Progress::Quiet, None).unwrap();
     let teacher_dir = tmp.path().join("teacher/last");
-    // Raw text: the corpus with its spaces taken out, blank lines between.
-    let raw_text: String = corpus(60)
-        .lines()
-        .map(|l| format!("{}\n\n", l.replace(' ', "")))
-        .collect();
+    // Raw text: the corpus with its spaces taken out, three sentences a
+    // line, blank lines between, a byte-order mark first and CRLF line ends.
+    let text = corpus(60);
+    let sentences: Vec<&str> = text.lines().collect();
+    let raw_text: String = "\u{feff}".to_string()
+        + &sentences
+            .chunks(3)
+            .map(|c| format!("{}\r\n\r\n", c.concat().replace(' ', "")))
+            .collect::<String>();
     let raw = write_file(tmp.path(), "raw.txt", raw_text.as_bytes());
     let run = |name: &str, text: bool, stop: Option<u64>| {
         let mut c = config(tmp.path(), name, 8);
@@ -875,6 +879,33 @@ fn distill_text_trains_on_raw_text_labelled_by_the_teacher() {
     assert_ne!(gold_only, with_text);
     let cache = tmp.path().join("with-text/distill-text.safetensors");
     assert!(cache.is_file(), "the teacher's labels are cached");
+    // The cache is safetensors: per window its file, line offset, first unit,
+    // units and first label row; per unit the teacher's probabilities.
+    let t = candle_core::safetensors::load(&cache, &candle_core::Device::Cpu).unwrap();
+    let entries: Vec<Vec<i64>> = t["windows"].to_vec2().unwrap();
+    let probs: Vec<Vec<f32>> = t["probs"].to_vec2().unwrap();
+    let (mut expected, mut offset, mut row) = (Vec::new(), 3, 0);
+    for line in raw_text['\u{feff}'.len_utf8()..].split_inclusive('\n') {
+        let text = line.trim_end_matches(['\r', '\n']);
+        let units: Vec<String> = cws::segment::chunk_spans(text)
+            .into_iter()
+            .flat_map(|r| cws::units::split_units(&text[r]))
+            .map(|u| u.key())
+            .collect();
+        let max_units = config(tmp.path(), "with-text", 8).max_length - 2;
+        for r in cws::encode::split_at_punctuation(&units, max_units) {
+            let at = [0, offset, r.start, r.len(), row + r.start];
+            expected.push(at.map(|v| v as i64).to_vec());
+        }
+        offset += line.len();
+        row += units.len();
+    }
+    assert!(expected.len() > 20, "lines longer than a window");
+    assert_eq!(entries, expected);
+    assert_eq!(probs.len(), row);
+    assert!(probs
+        .iter()
+        .all(|p| (p.iter().sum::<f32>() - 1.0).abs() < 1e-4));
     let cached_at = std::fs::metadata(&cache).unwrap().modified().unwrap();
 
     // Stopped after 3 steps, then resumed: the same weights, the cache reused.

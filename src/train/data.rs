@@ -389,24 +389,6 @@ impl EpochPlan {
     }
 }
 
-/// The sentences of raw, unsegmented text files (`distill_text`): each
-/// non-blank line's units, whitespace left out, as gold sentences have none.
-pub(super) fn raw_sentences(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<crate::units::Unit>>> {
-    let mut out = Vec::new();
-    for path in paths {
-        for line in crate::corpus::read_lines(path)? {
-            let units: Vec<crate::units::Unit> = crate::segment::chunk_spans(&line.text)
-                .into_iter()
-                .flat_map(|r| split_units(&line.text[r]))
-                .collect();
-            if !units.is_empty() {
-                out.push(units);
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;

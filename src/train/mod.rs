@@ -16,8 +16,9 @@
 mod build;
 mod data;
 mod eval;
+mod raw_text;
 mod soft;
-pub use soft::DISTILL_TEXT_CACHE;
+pub use raw_text::DISTILL_TEXT_CACHE;
 mod state;
 mod step;
 
@@ -186,11 +187,13 @@ pub(crate) struct Trainer<'a> {
     /// words, for training and dev scores alike.
     full_features: FeatureSpec,
     epochs: data::EpochPlan,
-    /// This epoch's gold windows, then the `distill_text` windows.
+    /// This epoch's gold windows; the `distill_text` windows (read from
+    /// disk a batch at a time) are numbered after them.
     train_windows: Vec<Window>,
-    /// The windows of `distill_text`, the same every epoch.
-    raw_windows: Vec<Window>,
+    /// The units of each gold window, then of each `distill_text` window.
     lengths: Vec<usize>,
+    /// The units of each `distill_text` window, the same every epoch.
+    raw_lengths: Vec<usize>,
     soft: soft::SoftTargets,
     stepper: step::Stepper,
     state: TrainerState,
@@ -228,7 +231,7 @@ impl<'a> Trainer<'a> {
         tagger.features = Self::dev_view(cfg, &data, &full_features)?;
         let epochs = data::EpochPlan::new(cfg, &data, &full_features)?;
         let first_epoch = resumed.as_ref().map_or(0, |s| s.epoch);
-        let mut train_windows = epochs.windows(
+        let train_windows = epochs.windows(
             cfg,
             &data,
             first_epoch,
@@ -236,11 +239,10 @@ impl<'a> Trainer<'a> {
             &tagger.features,
             Perturb::default(),
         );
-        let raw = data::raw_sentences(&cfg.distill_text)?;
-        let (soft, raw_windows) =
-            soft::SoftTargets::new(cfg, &tagger, copies, &data.train, &train_windows, &raw)?;
-        train_windows.extend(raw_windows.iter().cloned());
-        let per_epoch = train_windows.len().div_ceil(cfg.batch_size) as u64;
+        let mut soft = soft::SoftTargets::new(cfg, &tagger, copies, &data.train, &train_windows)?;
+        let raw_lengths = soft.raw_lengths()?;
+        let lengths = Self::lengths(&train_windows, &raw_lengths);
+        let per_epoch = lengths.len().div_ceil(cfg.batch_size) as u64;
         let total = cfg
             .max_steps
             .map_or(per_epoch * cfg.epochs as u64, |s| s as u64);
@@ -258,7 +260,7 @@ impl<'a> Trainer<'a> {
         let log = state::MetricsLog::open(&cfg.output_dir, resume.then_some(state.step))?;
         progress.report(Event::Note(&format!(
             "training on {} windows ({} sentences), {} dev sentences, {} steps of batch {} on {:?}",
-            train_windows.len(),
+            lengths.len(),
             data.train.len(),
             data.dev.len(),
             total,
@@ -271,7 +273,8 @@ impl<'a> Trainer<'a> {
         });
         Ok(Self {
             progress,
-            lengths: train_windows.iter().map(|w| w.ids.len()).collect(),
+            lengths,
+            raw_lengths,
             eval_every: if cfg.eval_every == 0 {
                 per_epoch
             } else {
@@ -284,7 +287,6 @@ impl<'a> Trainer<'a> {
             full_features,
             epochs,
             train_windows,
-            raw_windows,
             soft,
             stepper,
             state,
@@ -354,17 +356,34 @@ impl<'a> Trainer<'a> {
                 &self.tagger.features,
                 p,
             );
-            self.train_windows.extend(self.raw_windows.iter().cloned());
-            self.lengths = self.train_windows.iter().map(|w| w.ids.len()).collect();
+            self.lengths = Self::lengths(&self.train_windows, &self.raw_lengths);
         }
         training_batches(&self.lengths, self.cfg.batch_size, &mut rng)
     }
 
+    /// The units of each gold window, then of each raw-text one.
+    fn lengths(gold: &[Window], raw: &[usize]) -> Vec<usize> {
+        gold.iter()
+            .map(|w| w.ids.len())
+            .chain(raw.iter().copied())
+            .collect()
+    }
+
     /// One step on the windows `idx`, logged.
     fn train_step(&mut self, idx: &[usize]) -> Result<()> {
-        let ws: Vec<&Window> = idx.iter().map(|&i| &self.train_windows[i]).collect();
+        let gold = self.train_windows.len();
+        let raw = self.soft.raw_windows(
+            idx.iter().filter(|&&i| i >= gold).map(|&i| i - gold),
+            &self.tagger,
+        )?;
+        let mut next_raw = raw.iter().map(|(w, _)| w);
+        let ws: Vec<&Window> = idx
+            .iter()
+            .filter_map(|&i| self.train_windows.get(i).or_else(|| next_raw.next()))
+            .collect();
         let batch = make_batch(&ws, &self.tagger.vocab, &self.tagger.device)?;
-        let soft = self.soft.for_batch(idx, &batch)?;
+        let raw_targets: Vec<_> = raw.iter().map(|(_, p)| p).collect();
+        let soft = self.soft.for_batch(idx, &raw_targets, &batch)?;
         let r = self
             .stepper
             .step(&self.tagger, &batch, soft, self.state.step)?;

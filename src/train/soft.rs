@@ -6,6 +6,7 @@
 //! probabilities line up with the student's windows because every model
 //! reads the same units.
 
+use super::raw_text::RawText;
 use crate::bies::NUM_LABELS;
 use crate::config::{SoftSource, TrainConfig};
 use crate::encode::{split_at_punctuation, Batch, Window};
@@ -16,18 +17,18 @@ use candle_core::Tensor;
 use std::path::{Path, PathBuf};
 
 /// Per-unit label probabilities.
-type Probs = Vec<[f32; NUM_LABELS]>;
+pub(super) type Probs = Vec<[f32; NUM_LABELS]>;
 
-/// A run's soft targets: for each training window, the probabilities its
-/// units get, and their weight in the loss. Windows past the gold ones come
-/// from `distill_text`: raw text whose only targets are the teachers'.
+/// A run's soft targets: for each gold training window, the probabilities
+/// its units get, and their weight in the loss; with `distill_text`, the raw
+/// text's windows (numbered after the gold ones), whose only targets are the
+/// teachers'.
 pub(super) enum SoftTargets {
     None,
     PerWindow {
         targets: Vec<Probs>,
-        /// Windows `0..gold` carry gold labels; the rest are raw text.
-        gold: usize,
         weight: f64,
+        raw: Option<RawText>,
         raw_weight: f64,
     },
 }
@@ -49,29 +50,28 @@ impl SoftTargets {
     /// The targets the config's source gives `train_windows` (made from the
     /// sentences `train`): the teachers' mean probabilities, or those of the
     /// cross-fitted copy (`copies`, their best checkpoints) that did not train
-    /// on the sentence. With `distill_text`, also the windows of that raw
-    /// text (`raw`, its sentences' units), returned to be trained on after
-    /// the gold ones, labelled by the teachers (cached in the run folder).
+    /// on the sentence. With `distill_text`, also that raw text's windows,
+    /// labelled by the teachers (cached in the run folder).
     pub(super) fn new(
         cfg: &TrainConfig,
         student: &Tagger,
         copies: &[PathBuf],
         train: &[Vec<String>],
         train_windows: &[Window],
-        raw: &[Vec<Unit>],
-    ) -> Result<(Self, Vec<Window>)> {
-        let with_keys = |units: Vec<Unit>| {
-            let keys = units.iter().map(|u| u.key()).collect();
-            (units, keys)
-        };
+    ) -> Result<Self> {
         let units: Vec<(Vec<Unit>, Vec<String>)> = train
             .iter()
-            .map(|s| with_keys(units_of_words(s).units))
+            .map(|s| {
+                let units = units_of_words(s).units;
+                let keys = units.iter().map(|u| u.key()).collect();
+                (units, keys)
+            })
             .collect();
         let all: Vec<usize> = (0..train.len()).collect();
-        let mut raw_probs = Vec::new();
+        let max_units = cfg.max_length - 2;
+        let mut raw = None;
         let (per_sentence, weight) = match cfg.soft_source() {
-            SoftSource::None => return Ok((Self::None, Vec::new())),
+            SoftSource::None => return Ok(Self::None),
             SoftSource::Teachers { models, weight } => {
                 let teachers = models
                     .iter()
@@ -80,10 +80,14 @@ impl SoftTargets {
                             .with_context(|| format!("loading the teacher {}", dir.display()))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                if !raw.is_empty() {
-                    let raw: Vec<(Vec<Unit>, Vec<String>)> =
-                        raw.iter().cloned().map(with_keys).collect();
-                    raw_probs = raw_targets(cfg, models, &teachers, &raw)?;
+                if !cfg.distill_text.is_empty() {
+                    raw = Some(RawText::open_or_build(
+                        &cfg.distill_text,
+                        max_units,
+                        &cfg.output_dir,
+                        models,
+                        &teachers,
+                    )?);
                 }
                 (mean_probs(&teachers, &units, &all)?, weight)
             }
@@ -100,7 +104,6 @@ impl SoftTargets {
                 (probs, weight)
             }
         };
-        let max_units = cfg.max_length - 2;
         let mut targets = Vec::new();
         for ((_, keys), p) in units.iter().zip(&per_sentence) {
             for r in split_at_punctuation(keys, max_units) {
@@ -115,50 +118,73 @@ impl SoftTargets {
         {
             bail!("internal error: soft targets do not line up with the training windows");
         }
-        let gold = targets.len();
-        let mut raw_windows = Vec::new();
-        for (sentence, p) in raw.iter().zip(&raw_probs) {
-            let keys: Vec<String> = sentence.iter().map(|u| u.key()).collect();
-            let ids = student.vocab.unit_ids(sentence);
-            let features = student.features.compute(&keys, None);
-            for r in split_at_punctuation(&keys, max_units) {
-                raw_windows.push(Window {
-                    ids: ids[r.clone()].to_vec(),
-                    labels: Vec::new(),
-                    features: features.slice(r.clone()),
-                });
-                targets.push(p[r].to_vec());
-            }
-        }
-        Ok((
-            Self::PerWindow {
-                targets,
-                gold,
-                weight,
-                raw_weight: cfg.distill_text_weight,
-            },
-            raw_windows,
-        ))
+        Ok(Self::PerWindow {
+            targets,
+            weight,
+            raw,
+            raw_weight: cfg.distill_text_weight,
+        })
     }
 
-    /// The soft targets of a batch (windows `idx`).
-    pub(super) fn for_batch(&self, idx: &[usize], batch: &Batch) -> Result<Option<SoftBatch>> {
+    /// How many windows `distill_text` adds, and their lengths in units.
+    pub(super) fn raw_lengths(&mut self) -> Result<Vec<usize>> {
+        match self {
+            Self::PerWindow { raw: Some(raw), .. } => raw.lengths(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The raw-text windows `which` (numbered from the first raw one) as
+    /// `student` reads them, with their targets.
+    pub(super) fn raw_windows(
+        &mut self,
+        which: impl Iterator<Item = usize>,
+        student: &Tagger,
+    ) -> Result<Vec<(Window, Probs)>> {
+        let Self::PerWindow { raw: Some(raw), .. } = self else {
+            return Ok(Vec::new());
+        };
+        which.map(|k| raw.window(k, student)).collect()
+    }
+
+    /// The soft targets of a batch: windows `idx`, those past the gold ones
+    /// with the targets `raw` (in their order in `idx`).
+    pub(super) fn for_batch(
+        &self,
+        idx: &[usize],
+        raw: &[&Probs],
+        batch: &Batch,
+    ) -> Result<Option<SoftBatch>> {
         let Self::PerWindow {
             targets,
-            gold,
             weight,
             raw_weight,
+            ..
         } = self
         else {
             return Ok(None);
         };
-        let rows: Vec<&[[f32; NUM_LABELS]]> = idx.iter().map(|&i| targets[i].as_slice()).collect();
-        let raw = if idx.iter().any(|&i| i >= *gold) {
+        let gold = targets.len();
+        let mut next_raw = raw.iter();
+        let rows: Vec<&[[f32; NUM_LABELS]]> = idx
+            .iter()
+            .filter_map(|&i| {
+                if i < gold {
+                    Some(targets[i].as_slice())
+                } else {
+                    next_raw.next().map(|p| p.as_slice())
+                }
+            })
+            .collect();
+        if rows.len() != idx.len() {
+            bail!("internal error: a raw-text window without targets");
+        }
+        let raw = if idx.iter().any(|&i| i >= gold) {
             let (b, t) = batch.input_ids.dims2()?;
             let mut mask = vec![crate::encode::IGNORE; b * t];
             for (r, &i) in idx.iter().enumerate() {
-                if i >= *gold {
-                    mask[r * t + 1..r * t + 1 + targets[i].len()].fill(0);
+                if i >= gold {
+                    mask[r * t + 1..r * t + 1 + rows[r].len()].fill(0);
                 }
             }
             let mask = Tensor::from_vec(mask, (b, t), batch.input_ids.device())?;
@@ -170,13 +196,13 @@ impl SoftTargets {
             targets: soft_targets_batch(&rows, batch)?,
             weight: *weight,
             raw,
-            has_gold: idx.iter().any(|&i| i < *gold),
+            has_gold: idx.iter().any(|&i| i < gold),
         }))
     }
 }
 
 /// The teachers' mean label probabilities for the sentences `which`.
-fn mean_probs(
+pub(super) fn mean_probs(
     teachers: &[Tagger],
     units: &[(Vec<Unit>, Vec<String>)],
     which: &[usize],
@@ -198,103 +224,6 @@ fn mean_probs(
         *row = row.map(|p| p / n);
     }
     Ok(mean)
-}
-
-/// Sentences the teachers label per pass over raw text: bounds the memory
-/// of a pass whatever the text's size.
-const RAW_CHUNK: usize = 4096;
-
-/// The teachers' mean probabilities for the raw-text sentences, read from
-/// the run's cache when it was made from the same text and teachers, else
-/// computed a chunk of sentences at a time and cached.
-fn raw_targets(
-    cfg: &TrainConfig,
-    models: &[PathBuf],
-    teachers: &[Tagger],
-    raw: &[(Vec<Unit>, Vec<String>)],
-) -> Result<Vec<Probs>> {
-    let path = cfg.output_dir.join(DISTILL_TEXT_CACHE);
-    let stamp = fingerprint(models, raw)?;
-    if let Some(cached) = read_cache(&path, stamp, raw)? {
-        return Ok(cached);
-    }
-    let mut probs = Vec::with_capacity(raw.len());
-    let all: Vec<usize> = (0..raw.len()).collect();
-    for chunk in all.chunks(RAW_CHUNK) {
-        probs.extend(mean_probs(teachers, raw, chunk)?);
-    }
-    write_cache(&path, stamp, &probs)?;
-    Ok(probs)
-}
-
-/// File of the teachers' labels for `distill_text`, in the run folder.
-pub const DISTILL_TEXT_CACHE: &str = "distill-text.safetensors";
-
-/// What the cached labels depend on: the teachers (their folders' config and
-/// weights' size) and the raw text's units.
-fn fingerprint(models: &[PathBuf], raw: &[(Vec<Unit>, Vec<String>)]) -> Result<u64> {
-    let mut parts: Vec<String> = Vec::new();
-    for dir in models {
-        let config = std::fs::read_to_string(dir.join(crate::model_dir::CONFIG_FILE))
-            .with_context(|| format!("reading the teacher {}", dir.display()))?;
-        let weights = std::fs::metadata(dir.join(crate::model_dir::WEIGHTS_FILE))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        parts.push(format!("{}\u{1}{config}\u{1}{weights}", dir.display()));
-    }
-    for (_, keys) in raw {
-        parts.push(crate::features::hash_keys(keys).to_string());
-    }
-    Ok(crate::features::hash_keys(&parts))
-}
-
-fn read_cache(
-    path: &Path,
-    stamp: u64,
-    raw: &[(Vec<Unit>, Vec<String>)],
-) -> Result<Option<Vec<Probs>>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let (Some(s), Some(p)) = (t.get("fingerprint"), t.get("probs")) else {
-        return Ok(None);
-    };
-    if s.to_vec1::<i64>()?.first().copied() != Some(stamp as i64) {
-        return Ok(None);
-    }
-    let flat: Vec<Vec<f32>> = p.to_vec2()?;
-    let units: usize = raw.iter().map(|(u, _)| u.len()).sum();
-    if flat.len() != units {
-        return Ok(None);
-    }
-    let mut rows = flat.into_iter().map(|r| [r[0], r[1], r[2], r[3]]);
-    Ok(Some(
-        raw.iter()
-            .map(|(u, _)| rows.by_ref().take(u.len()).collect())
-            .collect(),
-    ))
-}
-
-fn write_cache(path: &Path, stamp: u64, probs: &[Probs]) -> Result<()> {
-    let flat: Vec<f32> = probs.iter().flatten().flatten().copied().collect();
-    let n = flat.len() / NUM_LABELS;
-    let cpu = &candle_core::Device::Cpu;
-    let tensors = std::collections::HashMap::from([
-        (
-            "fingerprint".to_string(),
-            Tensor::new(&[stamp as i64], cpu)?,
-        ),
-        (
-            "probs".to_string(),
-            Tensor::from_vec(flat, (n, NUM_LABELS), cpu)?,
-        ),
-    ]);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    crate::weights::save_tensors_atomic(&tensors, path)
 }
 
 /// A teacher or copy, on the student's device.
