@@ -922,6 +922,14 @@ fn distill_text_trains_on_raw_text_labelled_by_the_teacher() {
     assert_eq!(first, second, "the cache is reused on --resume");
     assert!(cached_at <= second);
 
+    // A truncated cache is made again, to the same labels and weights.
+    let whole = std::fs::read(&cache).unwrap();
+    std::fs::create_dir_all(tmp.path().join("rebuilt")).unwrap();
+    let cut = tmp.path().join("rebuilt/distill-text.safetensors");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    assert_eq!(run("rebuilt", true, None), with_text);
+    assert_eq!(std::fs::read(&cut).unwrap(), whole);
+
     // Batches of raw-text windows alone (one window per batch) train too.
     let mut c = config(tmp.path(), "raw-batches", 6);
     c.batch_size = 1;

@@ -119,25 +119,35 @@ impl RawText {
             .with_context(|| format!("{}: unreadable just after writing it", path.display()))
     }
 
-    /// The cache at `path` if it was made for `stamp`.
+    /// The cache at `path` if it was made for `stamp` (a truncated or
+    /// foreign file is not, and is made again).
     fn open(files: &[PathBuf], path: &Path, stamp: u64) -> Result<Option<Self>> {
         let at = || format!("reading {}", path.display());
         let mut cache = File::open(path).with_context(at)?;
+        let size = cache.metadata().with_context(at)?.len();
         let mut len = [0u8; 8];
-        cache.read_exact(&mut len).with_context(at)?;
-        let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+        if size < 8 || cache.read_exact(&mut len).is_err() {
+            return Ok(None);
+        }
+        let data = 8u64.saturating_add(u64::from_le_bytes(len));
+        if data > size {
+            return Ok(None);
+        }
+        let mut header = vec![0u8; (data - 8) as usize];
         cache.read_exact(&mut header).with_context(at)?;
-        let header: serde_json::Value = serde_json::from_slice(&header).with_context(at)?;
-        let data = 8 + u64::from_le_bytes(len);
+        let Ok(header) = serde_json::from_slice::<serde_json::Value>(&header) else {
+            return Ok(None);
+        };
         let place = |name: &str, dtype: &str, width: &[u64]| -> Option<(u64, u64)> {
             let t = header.get(name)?;
             let shape: Vec<u64> = serde_json::from_value(t.get("shape")?.clone()).ok()?;
             let at: Vec<u64> = serde_json::from_value(t.get("data_offsets")?.clone()).ok()?;
-            let size = if dtype == "I64" { 8 } else { 4 };
+            let elem = if dtype == "I64" { 8 } else { 4 };
             let ok = t.get("dtype")? == dtype
                 && shape.get(1..)? == width
                 && at.len() == 2
-                && at[1].checked_sub(at[0])? == shape.iter().product::<u64>() * size;
+                && data.checked_add(at[1])? <= size
+                && at[1].checked_sub(at[0])? == shape.iter().product::<u64>() * elem;
             ok.then_some((data + at[0], *shape.first()?))
         };
         let (Some((stamp_at, 1)), Some((entries_at, windows)), Some((probs_at, _))) = (
