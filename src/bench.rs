@@ -8,7 +8,9 @@
 //! benchmarks (`cargo bench --bench kernels`) take their sizes from [`Shape`],
 //! [`BATCH`] and [`SEQ`] too: this is the one table of benchmark shapes.
 
-use crate::model::{masked_cross_entropy, BertConfig, BertForTokenClassification, DropoutRng};
+use crate::model::{
+    masked_cross_entropy, BatchFeatures, BertConfig, BertForTokenClassification, DropoutRng,
+};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -182,7 +184,7 @@ pub fn measure(case: Case, device: &Device) -> Result<Measurement> {
     let mut step = |k: usize| -> Result<Phases> {
         let t0 = Instant::now();
         if !train {
-            let logits = model.forward(&ids, &mask, None)?;
+            let logits = model.infer(&ids, &mask, &BatchFeatures::none())?;
             // Reading one value back waits for the device to finish.
             logits
                 .narrow(0, 0, 1)?

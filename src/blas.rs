@@ -422,6 +422,86 @@ fn gemm_batched(
     });
 }
 
+/// One operand of [`gemm`]: a `rows x cols` matrix inside `data` whose
+/// element (r, c) is at `off + r * row_stride + c * col_stride`; one of the
+/// strides must be 1 (a row-major matrix or a transposed view of one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    pub data: &'a [f32],
+    pub off: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl Operand<'_> {
+    fn mat(&self) -> Result<Mat> {
+        let m = Mat::new(
+            self.rows,
+            self.cols,
+            self.row_stride,
+            self.col_stride,
+            self.off,
+        )
+        .ok_or_else(|| {
+            candle_core::Error::Msg("blas: operand is not a plain matrix view".into())
+        })?;
+        if self.rows > 0 && self.cols > 0 {
+            let last =
+                self.off + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+            if last >= self.data.len() {
+                candle_core::bail!("blas: operand runs past its slice");
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Whether [`gemm`] has a library to call (one was found and is switched on).
+pub(crate) fn available() -> bool {
+    blas().is_some()
+}
+
+/// `c = alpha * a @ b + beta * c` as one BLAS call on the calling thread, for
+/// code that manages its own buffers (the inference path); `c` is the
+/// `a.rows x b.cols` block of `out` at `c_off` with row stride `ldc`.
+pub(crate) fn gemm(
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    beta: f32,
+    out: &mut [f32],
+    c_off: usize,
+    ldc: usize,
+) -> Result<()> {
+    let f = loaded()?;
+    let (am, bm) = (a.mat()?, b.mat()?);
+    let (m, n) = (a.rows, b.cols);
+    if a.cols != b.rows {
+        candle_core::bail!("blas gemm: [{m}, {}] @ [{}, {n}]", a.cols, b.rows);
+    }
+    if m > 0 && n > 0 && (ldc < n || c_off + (m - 1) * ldc + n > out.len()) {
+        candle_core::bail!("blas gemm: the [{m}, {n}] output runs past its slice");
+    }
+    // SAFETY: both operands lie inside their slices and the output block
+    // inside `out`, which the exclusive borrow keeps from anyone else.
+    unsafe {
+        sgemm_one(
+            f,
+            alpha,
+            a.data,
+            am,
+            b.data,
+            bm,
+            beta,
+            out.as_mut_ptr().wrapping_add(c_off),
+            ldc,
+        )
+    };
+    Ok(())
+}
+
 fn f32_slice(s: &CpuStorage) -> Result<&[f32]> {
     s.as_slice::<f32>()
 }

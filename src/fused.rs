@@ -25,6 +25,79 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+/// Softmax of one row, in place: the row kernel of [`softmax_last`] and
+/// [`masked_softmax_last`] (and of attention in `model`'s inference path).
+#[inline]
+pub(crate) fn softmax_in_place(o: &mut [f32]) {
+    let max = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    map_in_place(o, |v| exp(v - max));
+    let sum: f32 = o.iter().sum();
+    let inv = 1.0 / sum;
+    o.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// `x[i] = f(x[i])`, compiled for the widest vector unit the CPU has: `f`
+/// must be plain arithmetic (no library calls) to vectorize. Without fused
+/// multiply-adds (Rust never contracts) every width gives the same bits.
+#[inline(always)]
+pub(crate) fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { map_avx512(x, f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { map_avx2(x, f) };
+        }
+    }
+    x.iter_mut().for_each(|v| *v = f(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn map_avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    x.iter_mut().for_each(|v| *v = f(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn map_avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    x.iter_mut().for_each(|v| *v = f(*v));
+}
+
+/// `e^x` within 2 ulp, in plain arithmetic so that loops over it vectorize
+/// (libm's `expf` is a call per element): `x = k ln2 + r` with `|r| <= ln2/2`,
+/// `e^r` by its Taylor series to `r^7`, `2^k` built in the exponent bits.
+/// Below -87 (where `e^x` leaves the normal floats) it gives 0; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    // Adding 1.5 * 2^23 rounds to an integer, which lands in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4; // ln 2 in few bits: k * LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.0, 88.0);
+    let kr = xc * std::f32::consts::LOG2_E + ROUND;
+    let k = kr.to_bits().wrapping_sub(ROUND.to_bits());
+    let kf = kr - ROUND;
+    let r = xc - kf * LN2_HI - kf * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let y = p * f32::from_bits(k.wrapping_add(127) << 23);
+    if x.is_nan() {
+        x
+    } else if x < -87.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
 /// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if !fast_path(x) {
@@ -76,18 +149,10 @@ impl CustomOp2 for MaskedSoftmaxLast {
                 for (ri, (o, x)) in o.chunks_mut(d).zip(x.chunks(d)).enumerate() {
                     let seq = (ci * rows + ri) / per_seq;
                     let m = &bias[seq * d..(seq + 1) * d];
-                    let mut max = f32::NEG_INFINITY;
                     for ((o, &x), &m) in o.iter_mut().zip(x).zip(m) {
                         *o = x + m;
-                        max = max.max(*o);
                     }
-                    let mut sum = 0f32;
-                    for o in o.iter_mut() {
-                        *o = (*o - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    o.iter_mut().for_each(|o| *o *= inv);
+                    softmax_in_place(o);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -122,14 +187,8 @@ impl CustomOp1 for SoftmaxLast {
             .zip(x.par_chunks(rows))
             .for_each(|(o, x)| {
                 for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        *o = (x - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    o.iter_mut().for_each(|o| *o *= inv);
+                    o.copy_from_slice(x);
+                    softmax_in_place(o);
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -185,8 +244,14 @@ fn erf(x: f32) -> f32 {
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
-    let y = 1.0 - poly * (-a * a).exp();
+    let y = 1.0 - poly * exp(-a * a);
     y.copysign(x)
+}
+
+/// `x * Phi(x)`: one value of [`gelu_erf`].
+#[inline]
+pub(crate) fn gelu_erf_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// Exact (erf) GELU, HF's `"gelu"`.
@@ -199,23 +264,15 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 struct GeluErf;
 
-fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
-    out
-}
-
 impl CustomOp1 for GeluErf {
     fn name(&self) -> &'static str {
         "cws-gelu-erf"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = map_par(slice(s, l)?, |x| {
-            0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-        });
+        let mut out = slice(s, l)?.to_vec();
+        out.par_chunks_mut(CHUNK)
+            .for_each(|o| map_in_place(o, gelu_erf_value));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -251,7 +308,7 @@ impl CustomOp2 for GeluErfGrad {
             .for_each(|(o, (x, g))| {
                 for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
                     let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                    let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
                     *o = g * (cdf + x * pdf);
                 }
             });
@@ -274,6 +331,15 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 
 struct LayerNorm {
     eps: f64,
+}
+
+/// LayerNorm of one row, in place: the row kernel of [`layer_norm`].
+#[inline]
+pub(crate) fn layer_norm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f64) {
+    let (mean, rstd) = row_stats(x, eps);
+    for ((x, &w), &b) in x.iter_mut().zip(w).zip(b) {
+        *x = (*x - mean) * rstd * w + b;
+    }
 }
 
 /// Mean and 1/std of one row, in f64 so long rows do not lose precision.
@@ -300,18 +366,12 @@ impl candle_core::CustomOp3 for LayerNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let d = w.len();
-        let mut out = vec![0f32; x.len()];
+        let mut out = x.to_vec();
         let rows = (CHUNK / d.max(1)).max(1) * d;
-        out.par_chunks_mut(rows)
-            .zip(x.par_chunks(rows))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    for i in 0..d {
-                        o[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                    }
-                }
-            });
+        out.par_chunks_mut(rows).for_each(|o| {
+            o.chunks_mut(d)
+                .for_each(|o| layer_norm_in_place(o, w, b, self.eps))
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -468,6 +528,41 @@ pub(crate) fn ordered_reduce<T>(
 pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_true_value() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp(x));
+            worst = worst.max((got - want).abs() / want);
+            x += 0.000_731;
+        }
+        // 2 ulp of f32 is 2^-22 relative at most.
+        assert!(worst <= 2.0f64.powi(-22), "worst relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-88.0), 0.0);
+        assert_eq!(exp(f32::MIN), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn every_vector_width_gives_the_same_bits() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let x: Vec<f32> = (0..1001).map(|_| rng.random_range(-12.0..12.0)).collect();
+        let scalar: Vec<f32> = x.iter().map(|&v| gelu_erf_value(v)).collect();
+        let mut wide = x.clone();
+        map_in_place(&mut wide, gelu_erf_value);
+        assert_eq!(wide, scalar);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut avx2 = x.clone();
+            // SAFETY: the CPU has AVX2.
+            unsafe { map_avx2(&mut avx2, gelu_erf_value) };
+            assert_eq!(avx2, scalar);
+        }
+    }
 
     /// Runs `f` in a rayon pool of `n` threads.
     pub(crate) fn under_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crf::Crf;
 
+mod infer;
+
 /// HF `config.json` of a BERT model. Keys we do not use are kept in `extra` so a
 /// config read from a checkpoint is written back unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -609,6 +611,24 @@ impl BertForTokenClassification {
         dropout: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         self.forward_with(input_ids, attention_mask, &BatchFeatures::none(), dropout)
+    }
+
+    /// Logits for inference: what `forward_with(.., None)` computes, without
+    /// a graph for autograd. On the CPU with f32 weights and a BLAS this runs
+    /// the lean path of `model::infer` (padding positions then hold 0);
+    /// elsewhere it is `forward_with`.
+    pub fn infer(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        features: &BatchFeatures,
+    ) -> Result<Tensor> {
+        if infer::applies(self) {
+            if let Some(logits) = infer::logits(self, input_ids, attention_mask, features)? {
+                return Ok(logits);
+            }
+        }
+        self.forward_with(input_ids, attention_mask, features, None)
     }
 
     /// Whether the model reads lexicon or bigram features (a cws extension of

@@ -78,12 +78,9 @@ impl Tagger {
                 .collect();
             let refs: Vec<&Window> = ws.iter().collect();
             let batch = make_batch(&refs, &self.vocab, &self.device)?;
-            let logits = self.model.forward_with(
-                &batch.input_ids,
-                &batch.attention_mask,
-                &batch.features,
-                None,
-            )?;
+            let logits =
+                self.model
+                    .infer(&batch.input_ids, &batch.attention_mask, &batch.features)?;
             let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
             let rows: Vec<Vec<Vec<f32>>> = logp.to_vec3()?;
             Ok(group

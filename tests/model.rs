@@ -818,3 +818,119 @@ fn blas_products_match_candle_with_gradients() {
     );
     assert_close("masked softmax grad", &g1[0], &g2[0]);
 }
+
+/// The inference path (`infer`: packed sequences, no autograd) against the
+/// PyTorch logits at every attended position; padding positions hold 0.
+#[test]
+fn parity_inference_path() {
+    let e = expected();
+    let (_, model) = fixture_model();
+    let b = fixture_batch(&e);
+    let got = model
+        .infer(&b.ids, &b.mask, &cws::model::BatchFeatures::none())
+        .unwrap();
+    let mask = to_f64(&b.mask);
+    let labels = got.dim(2).unwrap();
+    let pick = |t: &Tensor, attended: bool| -> Tensor {
+        let v: Vec<f32> = to_f64(t)
+            .chunks(labels)
+            .zip(&mask)
+            .filter(|(_, &m)| (m != 0.0) == attended)
+            .flat_map(|(row, _)| row.iter().map(|&x| x as f32))
+            .collect();
+        let n = v.len();
+        Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+    };
+    assert_close(
+        "inference logits",
+        &pick(&got, true),
+        &pick(&e["logits"], true),
+    );
+    assert!(to_f64(&pick(&got, false)).iter().all(|&x| x == 0.0));
+}
+
+/// A model with every cws extension (lexicon, general word list, bigrams):
+/// the inference path gives the general forward pass's logits at attended
+/// positions, the same bits on 1 and 3 threads, and a mask that is not one
+/// run of 1s per sequence still gets the general path's answer.
+#[test]
+fn inference_path_matches_forward_with_features_on_any_threads() {
+    use rand::{Rng, SeedableRng};
+    let mut cfg = fixture_config();
+    cfg.cws.lexicon_features = 10;
+    cfg.cws.general_lexicon_features = 10;
+    cfg.cws.bigram_buckets = 50;
+    let varmap = VarMap::new();
+    let model =
+        BertForTokenClassification::new_random(&varmap, &cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    // 24 sequences of up to 40 tokens (~500 rows): more than one part.
+    let (b, t) = (24, 40);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let lens: Vec<usize> = (0..b).map(|_| rng.random_range(1..=t)).collect();
+    let ids: Vec<u32> = (0..b * t)
+        .map(|i| {
+            if i % t < lens[i / t] {
+                rng.random_range(1..cfg.vocab_size as u32)
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mask: Vec<f32> = (0..b * t)
+        .map(|i| f32::from(u8::from(i % t < lens[i / t])))
+        .collect();
+    let bits = |k: usize, rng: &mut rand::rngs::StdRng| -> Tensor {
+        let v: Vec<f32> = (0..b * t * k)
+            .map(|_| f32::from(u8::from(rng.random_bool(0.3))))
+            .collect();
+        Tensor::from_vec(v, (b, t, k), &Device::Cpu).unwrap()
+    };
+    let features = cws::model::BatchFeatures {
+        lexicon: Some(bits(10, &mut rng)),
+        general: Some(bits(10, &mut rng)),
+        bigrams: Some(
+            Tensor::from_vec(
+                (0..b * t * 2).map(|_| rng.random_range(0..50u32)).collect(),
+                (b, t, 2),
+                &Device::Cpu,
+            )
+            .unwrap(),
+        ),
+    };
+    let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap();
+    let mask_t = Tensor::from_vec(mask.clone(), (b, t), &Device::Cpu).unwrap();
+    let general = model.forward_with(&ids, &mask_t, &features, None).unwrap();
+    let on = |threads: usize| -> Vec<f32> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| model.infer(&ids, &mask_t, &features).unwrap())
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (one, three) = (on(1), on(3));
+    assert_eq!(one, three, "the logits depend on the number of threads");
+    let want = to_f64(&general);
+    let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let labels = want.len() / (b * t);
+    for (i, (&got, &want)) in one.iter().zip(&want).enumerate() {
+        if mask[i / labels] != 0.0 {
+            assert!(
+                (f64::from(got) - want).abs() <= 1e-5 * scale,
+                "logit {i}: {got} vs {want}"
+            );
+        } else {
+            assert_eq!(got, 0.0, "padding logit {i}");
+        }
+    }
+    // A hole in a mask: only the general path handles it.
+    let mut holed = mask.clone();
+    holed[2] = 0.0;
+    let holed = Tensor::from_vec(holed, (b, t), &Device::Cpu).unwrap();
+    let a = model.infer(&ids, &holed, &features).unwrap();
+    let g = model.forward_with(&ids, &holed, &features, None).unwrap();
+    assert_eq!(to_f64(&a), to_f64(&g));
+}
