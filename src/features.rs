@@ -72,11 +72,34 @@ pub(crate) fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Hasher of sets and maps keyed by our 64-bit key hashes: the keys are
+/// hashes already, so [`mix`] spreads them in a few instructions where the
+/// default SipHash costs a lookup several times as much (word-list lookups are
+/// a hot loop of segmentation).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix(self.0 ^ u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = mix(self.0 ^ v);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
+
 /// A word list as a set of hashes of the words' unit keys (so `１９９８年`,
 /// `1998年` and `0年` are the same entry).
 #[derive(Debug, Clone, Default)]
 pub struct Lexicon {
-    hashes: HashSet<u64>,
+    hashes: HashSet<u64, KeyHash>,
     max_units: usize,
 }
 
@@ -220,9 +243,9 @@ impl Lexicon {
 #[derive(Debug, Clone, Default)]
 pub struct ListStats {
     /// Unit key hash → listed words it begins, is inside, ends.
-    units: HashMap<u64, [u32; 3]>,
+    units: HashMap<u64, [u32; 3], KeyHash>,
     /// Bigram hash (as [`FeatureSpec::bigram_pairs`]) → listed words holding it.
-    pairs: HashMap<u64, u32>,
+    pairs: HashMap<u64, u32, KeyHash>,
 }
 
 /// Count bins per statistic: 0, 1, 2–3, 4–7, …, ≥128.

@@ -343,11 +343,31 @@ pub(crate) fn layer_norm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f64)
 }
 
 /// Mean and 1/std of one row, in f64 so long rows do not lose precision.
+/// Each sum runs in [`LANES`] interleaved partial sums joined in a fixed
+/// order: the same bits on any vector width, and no chain of dependent adds.
 fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(x, |v| f64::from(v)) / n;
+    let var = lane_sum(x, |v| (f64::from(v) - mean).powi(2)) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+const LANES: usize = 8;
+
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += f(v);
+    }
+    acc.iter().sum()
 }
 
 impl candle_core::CustomOp3 for LayerNorm {

@@ -21,7 +21,7 @@ use crate::fused::{gelu_erf_value, layer_norm_in_place, map_in_place, softmax_in
 
 /// A part holds whole sequences until it has at least this many rows: enough
 /// for BLAS to run at speed, small enough for a batch to spread over threads.
-const PART_ROWS: usize = 256;
+const PART_ROWS: usize = 512;
 
 /// Whether [`logits`] can run `model` on this host: CPU, f32 weights and
 /// activations, and a BLAS.
