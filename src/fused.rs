@@ -347,7 +347,7 @@ pub(crate) fn layer_norm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f64)
 /// order: the same bits on any vector width, and no chain of dependent adds.
 fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
     let n = x.len() as f64;
-    let mean = lane_sum(x, |v| f64::from(v)) / n;
+    let mean = lane_sum(x, f64::from) / n;
     let var = lane_sum(x, |v| (f64::from(v) - mean).powi(2)) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
