@@ -4,8 +4,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use candle_core::{
+    backprop::GradStore, CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var,
+};
 use candle_nn::VarMap;
+use rayon::prelude::*;
 
 /// Hyper-parameters of `torch.optim.AdamW`.
 #[derive(Debug, Clone, Copy)]
@@ -64,11 +67,12 @@ impl AdamW {
         let params = named
             .into_iter()
             .map(|(name, var)| {
-                let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                // Two storages: the CPU update writes each moment in place.
+                let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
                 Ok(Param {
                     decay: decays(&name),
-                    v: m.clone(),
-                    m,
+                    m: zeros()?,
+                    v: zeros()?,
                     name,
                     var,
                 })
@@ -214,42 +218,145 @@ struct Hyper {
     grad_scale: f64,
 }
 
-/// The same update as the tensor path in one parallel pass; on CPU the tensor
-/// path's dozen temporaries cost several times the arithmetic.
+/// The same update as the tensor path, in place: the moments and then the
+/// weights are updated inside their own storage by three parallel passes,
+/// with the arithmetic of torch's AdamW element by element. On CPU the tensor
+/// path's dozen temporaries cost several times the arithmetic, and copies of
+/// the big embedding tables cost fresh pages every step.
 fn cpu_update(p: &mut Param, g: &Tensor, h: &Hyper) -> Result<()> {
-    use rayon::prelude::*;
-    let shape = p.var.shape().clone();
-    let mut w: Vec<f32> = p.var.as_tensor().flatten_all()?.to_vec1()?;
-    let mut m: Vec<f32> = p.m.flatten_all()?.to_vec1()?;
-    let mut v: Vec<f32> = p.v.flatten_all()?.to_vec1()?;
-    let g = g.flatten_all()?;
-    let g = g.to_vec1::<f32>()?;
-    let (b1, b2, eps) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32);
-    let (decay, step_size, bias2_sqrt, scale) = (
-        h.decay as f32,
-        h.step_size as f32,
-        h.bias2_sqrt as f32,
-        h.grad_scale as f32,
-    );
-    const CHUNK: usize = 1 << 15;
-    w.par_chunks_mut(CHUNK)
-        .zip(m.par_chunks_mut(CHUNK))
-        .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
-        .for_each(|((w, m), (v, g))| {
-            for i in 0..w.len() {
-                let gi = g[i] * scale;
-                // torch: exp_avg.lerp_(grad, 1 - beta1)
-                m[i] += (gi - m[i]) * (1.0 - b1);
-                v[i] = v[i] * b2 + (1.0 - b2) * gi * gi;
-                let denom = v[i].sqrt() / bias2_sqrt + eps;
-                w[i] = w[i] * decay - step_size * (m[i] / denom);
-            }
-        });
-    let dev = Device::Cpu;
-    p.var.set(&Tensor::from_vec(w, shape.clone(), &dev)?)?;
-    p.m = Tensor::from_vec(m, shape.clone(), &dev)?;
-    p.v = Tensor::from_vec(v, shape, &dev)?;
+    let g = g.contiguous()?;
+    for t in [&mut p.m, &mut p.v] {
+        if !t.is_contiguous() {
+            *t = t.contiguous()?;
+        }
+    }
+    let h = HyperF32 {
+        b1: h.beta1 as f32,
+        b2: h.beta2 as f32,
+        eps: h.eps as f32,
+        decay: h.decay as f32,
+        step_size: h.step_size as f32,
+        bias2_sqrt: h.bias2_sqrt as f32,
+        scale: h.grad_scale as f32,
+    };
+    p.m.inplace_op2(&g, &AdamPass::FirstMoment(h))?;
+    p.v.inplace_op2(&g, &AdamPass::SecondMoment(h))?;
+    p.var
+        .as_tensor()
+        .inplace_op3(&p.m, &p.v, &AdamPass::Weights(h))?;
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct HyperF32 {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    decay: f32,
+    step_size: f32,
+    bias2_sqrt: f32,
+    scale: f32,
+}
+
+/// One pass of the in-place AdamW update on f32 CPU storage.
+enum AdamPass {
+    /// `m += (g * scale - m) * (1 - beta1)` (torch: `exp_avg.lerp_(grad, 1 - beta1)`).
+    FirstMoment(HyperF32),
+    /// `v = v * beta2 + (1 - beta2) * (g * scale)^2`.
+    SecondMoment(HyperF32),
+    /// `w = w * decay - step_size * m / (sqrt(v) / bias2_sqrt + eps)`.
+    Weights(HyperF32),
+}
+
+const ADAM_CHUNK: usize = 1 << 15;
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("AdamW: a tensor is not contiguous"),
+    }
+}
+
+fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("AdamW: a tensor is not contiguous".into()))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("AdamW: the in-place update needs f32"),
+    }
+}
+
+impl InplaceOp2 for AdamPass {
+    fn name(&self) -> &'static str {
+        "cws-adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (x, g) = (contiguous_f32_mut(s1, l1)?, contiguous_f32(s2, l2)?);
+        if x.len() != g.len() {
+            candle_core::bail!("AdamW: a gradient's shape differs from its moment's");
+        }
+        let pass = |x: &mut [f32], g: &[f32]| match *self {
+            AdamPass::FirstMoment(h) => {
+                for (m, &g) in x.iter_mut().zip(g) {
+                    let gi = g * h.scale;
+                    *m += (gi - *m) * (1.0 - h.b1);
+                }
+            }
+            AdamPass::SecondMoment(h) => {
+                for (v, &g) in x.iter_mut().zip(g) {
+                    let gi = g * h.scale;
+                    *v = *v * h.b2 + (1.0 - h.b2) * gi * gi;
+                }
+            }
+            AdamPass::Weights(_) => {}
+        };
+        x.par_chunks_mut(ADAM_CHUNK)
+            .zip(g.par_chunks(ADAM_CHUNK))
+            .for_each(|(x, g)| pass(x, g));
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for AdamPass {
+    fn name(&self) -> &'static str {
+        "cws-adamw-weights"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let AdamPass::Weights(h) = *self else {
+            candle_core::bail!("AdamW: a moment pass takes one input");
+        };
+        let w = contiguous_f32_mut(s1, l1)?;
+        let (m, v) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
+        if w.len() != m.len() || w.len() != v.len() {
+            candle_core::bail!("AdamW: a weight's shape differs from its moments'");
+        }
+        w.par_chunks_mut(ADAM_CHUNK)
+            .zip(m.par_chunks(ADAM_CHUNK).zip(v.par_chunks(ADAM_CHUNK)))
+            .for_each(|(w, (m, v))| {
+                for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+                    let denom = v.sqrt() / h.bias2_sqrt + h.eps;
+                    *w = *w * h.decay - h.step_size * (m / denom);
+                }
+            });
+        Ok(())
+    }
 }
 
 /// transformers' `get_linear_schedule_with_warmup`: linear ramp from 0 over
