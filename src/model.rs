@@ -322,18 +322,30 @@ impl DropoutRng {
         }
     }
 
-    /// Inverted dropout as torch does it: kept units are scaled by 1/(1-p).
-    fn apply(&mut self, x: &Tensor, p: f64) -> candle_core::Result<Tensor> {
+    /// Inverted dropout as torch does it (kept units are scaled by
+    /// 1/(1-p)), then `+ residual` if one is given. On the CPU in f32 the mask
+    /// rides inside one fused op (`crate::fused::dropout_add`), so backward
+    /// neither computes a gradient for the mask nor keeps a node for the sum.
+    fn apply(
+        &mut self,
+        x: &Tensor,
+        p: f64,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let plus = |d: Tensor| match residual {
+            Some(r) => d + r,
+            None => Ok(d),
+        };
         if p <= 0.0 {
-            return Ok(x.clone());
+            return plus(x.clone());
         }
         if p >= 1.0 {
-            return x.zeros_like();
+            return plus(x.zeros_like()?);
         }
         if !x.device().is_cpu() {
             let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(p)?;
             let mask = (keep.to_dtype(x.dtype())? * (1.0 / (1.0 - p)))?;
-            return x.mul(&mask);
+            return plus(x.mul(&mask)?);
         }
         let n = x.elem_count();
         // Comparing raw 32-bit draws against a threshold avoids a float conversion per unit.
@@ -348,19 +360,36 @@ impl DropoutRng {
                 }
             }
         }
+        if x.dtype() == DType::F32 && residual.is_none_or(|r| r.dtype() == DType::F32) {
+            return crate::fused::dropout_add(x, mask, residual);
+        }
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x.mul(&mask)
+        plus(x.mul(&mask)?)
     }
 }
 
+/// Dropout in training (`rng` given), identity in inference.
 fn apply_dropout(
     x: &Tensor,
     p: f64,
     rng: &mut Option<&mut DropoutRng>,
 ) -> candle_core::Result<Tensor> {
     match rng {
-        Some(r) => r.apply(x, p),
+        Some(r) => r.apply(x, p, None),
         None => Ok(x.clone()),
+    }
+}
+
+/// `dropout(x) + residual`: a residual connection after dropout.
+fn dropout_add(
+    x: &Tensor,
+    p: f64,
+    rng: &mut Option<&mut DropoutRng>,
+    residual: &Tensor,
+) -> candle_core::Result<Tensor> {
+    match rng {
+        Some(r) => r.apply(x, p, Some(residual)),
+        None => x + residual,
     }
 }
 
@@ -756,12 +785,13 @@ impl BertForTokenClassification {
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
         let a = l.attn_out.forward(&ctx)?;
-        let a = apply_dropout(&a, self.hidden_dropout, rng)?;
-        let a = l.attn_ln.forward(&(a + x)?)?;
+        let a = l
+            .attn_ln
+            .forward(&dropout_add(&a, self.hidden_dropout, rng, x)?)?;
         let i = self.act.apply(&l.intermediate.forward(&a)?)?;
         let o = l.output.forward(&i)?;
-        let o = apply_dropout(&o, self.hidden_dropout, rng)?;
-        Ok(l.out_ln.forward(&(o + a)?)?)
+        Ok(l.out_ln
+            .forward(&dropout_add(&o, self.hidden_dropout, rng, &a)?)?)
     }
 
     /// `loss.backward()` plus torch's `padding_idx` rule: the padding row of the
@@ -769,6 +799,9 @@ impl BertForTokenClassification {
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
         let mut grads = loss.backward()?;
         if let Some(g) = grads.get(&self.word_embeddings) {
+            if crate::fused::zero_row_in_place(g, self.pad_token_id)? {
+                return Ok(grads);
+            }
             let vocab = g.dim(0)?;
             let mut keep = vec![1f32; vocab];
             keep[self.pad_token_id] = 0.0;

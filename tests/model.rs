@@ -650,6 +650,34 @@ fn fused_ops_match_candle_composites_with_gradients() {
     for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
         assert_close(&format!("layer_norm grad {i}"), a, b);
     }
+
+    // Dropout (+ residual) with the mask inside the op: the same bits as
+    // candle's `x * mask (+ r)`, forward and backward, for both inputs.
+    let r = candle_core::Var::randn(0f32, 1.0, (3, 5, 17), &dev).unwrap();
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|i| if i % 3 == 0 { 0.0 } else { 1.5 })
+        .collect();
+    let mask_t = Tensor::from_vec(mask.clone(), x.shape(), &dev).unwrap();
+    for with_residual in [false, true] {
+        let residual = with_residual.then(|| r.as_tensor());
+        let y1 = cws::fused::dropout_add(x.as_tensor(), mask.clone(), residual).unwrap();
+        let d = x.as_tensor().mul(&mask_t).unwrap();
+        let y2 = match residual {
+            Some(r) => (d + r).unwrap(),
+            None => d,
+        };
+        assert_eq!(to_f64(&y1), to_f64(&y2), "dropout values");
+        let g1 = (y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let inputs = [Some(x.as_tensor()), residual];
+        for t in inputs.into_iter().flatten() {
+            assert_eq!(
+                to_f64(g1.get(t).unwrap()),
+                to_f64(g2.get(t).unwrap()),
+                "dropout gradients"
+            );
+        }
+    }
 }
 
 #[test]
