@@ -18,10 +18,22 @@ fn fast_path(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The f32 elements of a contiguous layout of CPU storage.
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
         None => candle_core::bail!("fused op needs a contiguous input"),
+    }
+}
+
+/// [`slice`] for writing (in-place ops).
+pub(crate) fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("in-place op needs a contiguous tensor");
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("in-place op needs f32"),
     }
 }
 
@@ -361,11 +373,7 @@ impl candle_core::InplaceOp1 for ZeroRow {
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
         let width = l.dims()[1];
-        let start = l.start_offset() + self.row * width;
-        match s {
-            CpuStorage::F32(v) => v[start..start + width].fill(0.0),
-            _ => candle_core::bail!("zero_row_in_place needs f32"),
-        }
+        slice_mut(s, l)?[self.row * width..(self.row + 1) * width].fill(0.0);
         Ok(())
     }
 }

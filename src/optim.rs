@@ -10,6 +10,8 @@ use candle_core::{
 use candle_nn::VarMap;
 use rayon::prelude::*;
 
+use crate::fused::{slice, slice_mut};
+
 /// Hyper-parameters of `torch.optim.AdamW`.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
@@ -270,23 +272,6 @@ enum AdamPass {
 
 const ADAM_CHUNK: usize = 1 << 15;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("AdamW: a tensor is not contiguous"),
-    }
-}
-
-fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("AdamW: a tensor is not contiguous".into()))?;
-    match s {
-        CpuStorage::F32(v) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("AdamW: the in-place update needs f32"),
-    }
-}
-
 impl InplaceOp2 for AdamPass {
     fn name(&self) -> &'static str {
         "cws-adamw-moment"
@@ -299,7 +284,7 @@ impl InplaceOp2 for AdamPass {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let (x, g) = (contiguous_f32_mut(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (x, g) = (slice_mut(s1, l1)?, slice(s2, l2)?);
         if x.len() != g.len() {
             candle_core::bail!("AdamW: a gradient's shape differs from its moment's");
         }
@@ -342,8 +327,8 @@ impl InplaceOp3 for AdamPass {
         let AdamPass::Weights(h) = *self else {
             candle_core::bail!("AdamW: a moment pass takes one input");
         };
-        let w = contiguous_f32_mut(s1, l1)?;
-        let (m, v) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
+        let w = slice_mut(s1, l1)?;
+        let (m, v) = (slice(s2, l2)?, slice(s3, l3)?);
         if w.len() != m.len() || w.len() != v.len() {
             candle_core::bail!("AdamW: a weight's shape differs from its moments'");
         }
