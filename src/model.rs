@@ -323,9 +323,10 @@ impl DropoutRng {
     }
 
     /// Inverted dropout as torch does it (kept units are scaled by
-    /// 1/(1-p)), then `+ residual` if one is given. On the CPU in f32 the mask
-    /// rides inside one fused op (`crate::fused::dropout_add`), so backward
-    /// neither computes a gradient for the mask nor keeps a node for the sum.
+    /// 1/(1-p)), then `+ residual` if one is given. On the CPU the mask is
+    /// drawn here and applied by `crate::fused::dropout_add` (in f32 one op
+    /// holding the mask: backward neither computes a gradient for the mask nor
+    /// keeps a node for the sum).
     fn apply(
         &mut self,
         x: &Tensor,
@@ -360,11 +361,7 @@ impl DropoutRng {
                 }
             }
         }
-        if x.dtype() == DType::F32 && residual.is_none_or(|r| r.dtype() == DType::F32) {
-            return crate::fused::dropout_add(x, mask, residual);
-        }
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        plus(x.mul(&mask)?)
+        crate::fused::dropout_add(x, mask, residual)
     }
 }
 

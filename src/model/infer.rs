@@ -6,9 +6,9 @@
 //! computed), the batch is cut into parts of whole sequences, and one rayon
 //! task runs a part through the whole network in buffers it reuses from layer
 //! to layer. Every linear layer is one BLAS call whose output already holds
-//! the bias (and the residual); attention runs per sequence and head on a
-//! `[len, len]` score buffer; LayerNorm, GELU and softmax are the row kernels
-//! of `crate::fused`. The parts depend on the batch only, never on the number
+//! the bias (the residual is added in the LayerNorm pass that follows);
+//! attention runs per sequence and head on a `[len, len]` score buffer;
+//! LayerNorm, GELU and softmax are the row kernels of `crate::fused`. The parts depend on the batch only, never on the number
 //! of threads, so the logits have the same bits on any number of them.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -105,10 +105,7 @@ pub(super) fn logits(
             let Storage::Cpu(cpu) = &**storage else {
                 bail!("inference path: a weight is not on the CPU");
             };
-            let (s, e) = layout
-                .contiguous_offsets()
-                .context("inference path: a weight is not contiguous")?;
-            Ok(&cpu.as_slice::<f32>()?[s..e])
+            Ok(crate::fused::slice(cpu, layout)?)
         })
         .collect::<Result<_>>()?;
     let w = weights(model, &slices)?;
