@@ -81,9 +81,9 @@ unsafe fn map_avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
 
 /// `e^x` within 1.2 ulp (1e-7 relative), in plain arithmetic so that loops
 /// over it vectorize (libm's `expf` is a call per element): `x = k ln2 + r`
-/// with `|r| <= ln2/2`,
-/// `e^r` by its Taylor series to `r^7`, `2^k` built in the exponent bits.
-/// Below -87 (where `e^x` leaves the normal floats) it gives 0; NaN stays NaN.
+/// with `|r| <= ln2/2`, `e^r` by its Taylor series to `r^7`, `2^k` built in
+/// the exponent bits. Below -87 (where `e^x` leaves the normal floats) it
+/// gives 0; NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds to an integer, which lands in the low mantissa bits.
