@@ -23,6 +23,19 @@ pub struct TrainConfig {
     /// The segmentation standard the training corpus follows (`pku`, `msr`),
     /// recorded in the model's config for `cws segment --standard`.
     pub standard: Option<crate::model::Standard>,
+    /// More segmented corpora, each by its own standard, trained into the same
+    /// model (multi-criteria training; `[[joint]]` tables after the top-level
+    /// keys): the model then segments by any of the standards (`--standard`),
+    /// reading each one's own `lexicon` and a learned vector per standard. The
+    /// top-level corpus needs a `standard` then; every corpus's dev split is
+    /// scored on its own and the run selects on their mean F1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joint: Vec<JointCorpus>,
+    /// How a joint model reads the standard: `column` (a learned vector per
+    /// standard added at every position) or `token` (a learned token per
+    /// standard in [CLS]'s place).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub joint_standard_input: crate::model::StandardInput,
     /// Segmented dev corpus; if absent, `dev_fraction` of the training lines,
     /// taken from the end, is held out.
     pub dev: Option<PathBuf>,
@@ -175,6 +188,36 @@ pub struct TrainConfig {
     pub precision: Precision,
 }
 
+/// A corpus of a joint (multi-criteria) run: its text, standard and word
+/// lists, read as the top-level keys of the same names read the first corpus.
+/// Its dev split is the last `dev_fraction` of its lines.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JointCorpus {
+    pub train: PathBuf,
+    pub standard: crate::model::Standard,
+    pub words: Option<PathBuf>,
+    pub lexicon: Option<PathBuf>,
+    pub dev_oov_rate: Option<f64>,
+    pub dev_oov_reference: Option<PathBuf>,
+}
+
+/// One corpus of a run, first the top-level one then each `[[joint]]` one,
+/// as the data phases read them.
+#[derive(Debug, Clone, Copy)]
+pub struct CorpusRef<'a> {
+    pub train: &'a Path,
+    pub standard: Option<crate::model::Standard>,
+    pub words: Option<&'a Path>,
+    pub lexicon: Option<&'a Path>,
+    pub dev_oov_rate: Option<f64>,
+    pub dev_oov_reference: Option<&'a Path>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 fn default_dev_fraction() -> f64 {
     0.1
 }
@@ -257,6 +300,36 @@ pub enum SoftSource<'a> {
 }
 
 impl TrainConfig {
+    /// The run's corpora: the top-level one, then the `[[joint]]` ones.
+    pub fn corpora(&self) -> Vec<CorpusRef<'_>> {
+        let first = CorpusRef {
+            train: &self.train,
+            standard: self.standard,
+            words: self.words.as_deref(),
+            lexicon: self.lexicon.as_deref(),
+            dev_oov_rate: self.dev_oov_rate,
+            dev_oov_reference: self.dev_oov_reference.as_deref(),
+        };
+        std::iter::once(first)
+            .chain(self.joint.iter().map(|j| CorpusRef {
+                train: &j.train,
+                standard: Some(j.standard),
+                words: j.words.as_deref(),
+                lexicon: j.lexicon.as_deref(),
+                dev_oov_rate: j.dev_oov_rate,
+                dev_oov_reference: j.dev_oov_reference.as_deref(),
+            }))
+            .collect()
+    }
+
+    /// The standards of a joint run, in corpus order (empty for one corpus).
+    pub fn joint_standards(&self) -> Vec<crate::model::Standard> {
+        if self.joint.is_empty() {
+            return Vec::new();
+        }
+        self.corpora().iter().filter_map(|c| c.standard).collect()
+    }
+
     /// The run's source of soft targets (the config is validated: at most one).
     pub fn soft_source(&self) -> SoftSource<'_> {
         match (self.crossfit_folds, self.distill_from.as_slice()) {
@@ -439,6 +512,40 @@ impl TrainConfig {
         if self.bigram_buckets == 1 {
             bail!("bigram_buckets must be 0 (off) or at least 2");
         }
+        if !self.joint.is_empty() {
+            let Some(first) = self.standard else {
+                bail!("[[joint]] corpora need a `standard` for the top-level corpus too");
+            };
+            let mut seen = vec![first];
+            for j in &self.joint {
+                if seen.contains(&j.standard) {
+                    bail!(
+                        "[[joint]]: two corpora follow the {} standard; each standard once",
+                        j.standard.name()
+                    );
+                }
+                seen.push(j.standard);
+                if j.lexicon.is_none() || self.lexicon.is_none() {
+                    bail!(
+                        "[[joint]] runs need a `lexicon` for every corpus: each standard's vector \
+                         is read with its own list's bits"
+                    );
+                }
+                if let Some(r) = j.dev_oov_rate {
+                    if !(0.0..=1.0).contains(&r) {
+                        bail!("dev_oov_rate must be in [0, 1] (found {r})");
+                    }
+                }
+            }
+            if self.dev.is_some() {
+                bail!("[[joint]] runs take each corpus's dev split (`dev_fraction`), not a `dev` file");
+            }
+            if self.lexicon_stats || self.lexicon_examples > 0.0 || !self.distill_from.is_empty() {
+                bail!(
+                    "[[joint]] runs do not support lexicon_stats, lexicon_examples or distill_from"
+                );
+            }
+        }
         if self.dev.is_none() && self.dev_fraction == 0.0 {
             bail!("no dev data: set `dev` or a positive `dev_fraction`");
         }
@@ -473,6 +580,13 @@ pub fn resolve_paths(table: &mut toml::Table, base: &Path) -> Result<()> {
                 }
             }
             _ => {}
+        }
+    }
+    if let Some(toml::Value::Array(corpora)) = table.get_mut("joint") {
+        for corpus in corpora {
+            if let toml::Value::Table(t) = corpus {
+                resolve_paths(t, base)?;
+            }
         }
     }
     if let Some(toml::Value::String(model)) = table.get_mut("model") {
@@ -630,6 +744,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `learning_rat`"), "{err}");
+    }
+
+    #[test]
+    fn joint_corpora_need_a_standard_each_and_their_lexicons() {
+        let joint = "[[joint]]\ntrain = \"m.txt\"\nstandard = \"msr\"\nlexicon = \"m.words\"\n";
+        let with = |top: &str| TrainConfig::parse(&format!("{MIN}{top}{joint}"));
+        let c = with("standard = \"pku\"\nlexicon = \"p.words\"\n").unwrap();
+        use crate::model::Standard::{Msr, Pku};
+        assert_eq!(c.joint_standards(), [Pku, Msr]);
+        let corpora = c.corpora();
+        assert_eq!(corpora[1].train, Path::new("m.txt"));
+        assert_eq!(corpora[1].lexicon, Some(Path::new("m.words")));
+        // Written and read back (cws-train.toml, a run's config.toml).
+        assert_eq!(TrainConfig::parse(&c.to_toml()).unwrap(), c);
+        // Their paths are relative to the config file, like the top level's.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("j.toml");
+        std::fs::write(
+            &file,
+            format!("{MIN}standard = \"pku\"\nlexicon = \"p\"\n{joint}"),
+        )
+        .unwrap();
+        let loaded = TrainConfig::load(&file).unwrap();
+        let base = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(loaded.joint[0].train, base.join("m.txt"));
+        assert_eq!(loaded.joint[0].lexicon, Some(base.join("m.words")));
+        for (top, problem) in [
+            ("lexicon = \"p.words\"\n", "need a `standard`"),
+            (
+                "standard = \"msr\"\nlexicon = \"p.words\"\n",
+                "two corpora follow the msr",
+            ),
+            ("standard = \"pku\"\n", "need a `lexicon` for every corpus"),
+            (
+                "standard = \"pku\"\nlexicon = \"p.words\"\nlexicon_stats = true\n",
+                "do not support lexicon_stats",
+            ),
+        ] {
+            let err = format!("{:#}", with(top).unwrap_err());
+            assert!(err.contains(problem), "{top}: {err}");
+        }
     }
 
     #[test]

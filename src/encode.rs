@@ -6,7 +6,7 @@
 //! lower-cased (bert-base-chinese is uncased), then falls back to `[UNK]`.
 
 use crate::bies::Label;
-use crate::features::UnitFeatures;
+use crate::features::{StandardMark, UnitFeatures};
 use crate::model::BatchFeatures;
 use crate::units::Unit;
 use anyhow::{bail, Context, Result};
@@ -111,6 +111,17 @@ impl Vocab {
                 .filter(|k| !k.starts_with('[')),
         );
         Self::from_tokens(tokens).expect("special tokens are present")
+    }
+
+    /// Adds `token` (a joint model's standard token) unless it is there.
+    pub fn add_token(&mut self, token: &str) -> u32 {
+        if let Some(&id) = self.ids.get(token) {
+            return id;
+        }
+        let id = self.tokens.len() as u32;
+        self.tokens.push(token.to_string());
+        self.ids.insert(token.to_string(), id);
+        id
     }
 
     /// The tokens in id order.
@@ -252,7 +263,10 @@ pub fn make_batch(windows: &[&Window], vocab: &Vocab, device: &Device) -> Result
     let mut units = 0;
     for (r, w) in windows.iter().enumerate() {
         let row = r * t;
-        ids[row] = vocab.cls;
+        ids[row] = match w.features.standard {
+            Some(StandardMark::Token(id)) => id,
+            _ => vocab.cls,
+        };
         ids[row + 1..row + 1 + w.ids.len()].copy_from_slice(&w.ids);
         ids[row + 1 + w.ids.len()] = vocab.sep;
         mask[row..row + w.ids.len() + 2].fill(1.0);

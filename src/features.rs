@@ -29,6 +29,17 @@ pub fn word_hash(word: &str) -> u64 {
     hash_keys(&Lexicon::keys(word))
 }
 
+/// What a joint model's lexicon XORs into the hashes of standard `index`'s
+/// words: its standards' lists share one file, each word marked with its
+/// standard (the first standard's words are stored as they are, so a model of
+/// one standard is the case `index` = 0).
+pub fn standard_salt(index: usize) -> u64 {
+    match index {
+        0 => 0,
+        i => mix(0x5354_414E_4441_5244 ^ i as u64),
+    }
+}
+
 /// The key standing for "no unit" beyond a sequence's ends, in bigrams.
 const EDGE: &str = "\u{2}";
 
@@ -122,12 +133,18 @@ impl Lexicon {
     }
 
     pub fn insert(&mut self, word: &str) {
+        self.insert_for(word, 0);
+    }
+
+    /// Adds a word of standard `standard` (see [`standard_salt`]).
+    pub fn insert_for(&mut self, word: &str, standard: usize) {
         let keys = Self::keys(word);
         if keys.is_empty() {
             return;
         }
         self.max_units = self.max_units.max(keys.len());
-        self.hashes.insert(hash_keys(&keys));
+        self.hashes
+            .insert(hash_keys(&keys) ^ standard_salt(standard));
     }
 
     /// Removes entries given by their hashes (see [`word_hash`]).
@@ -142,7 +159,13 @@ impl Lexicon {
     }
 
     pub fn contains(&self, word: &str) -> bool {
-        self.hashes.contains(&hash_keys(&Self::keys(word)))
+        self.contains_for(word, 0)
+    }
+
+    /// Whether standard `standard`'s list holds `word`.
+    pub fn contains_for(&self, word: &str, standard: usize) -> bool {
+        self.hashes
+            .contains(&(hash_keys(&Self::keys(word)) ^ standard_salt(standard)))
     }
 
     pub fn len(&self) -> usize {
@@ -202,6 +225,17 @@ impl Lexicon {
     /// each entry is skipped with probability `p`, the same entries for the same
     /// seed: training sees words missing from the list, as it will at test time.
     pub fn features(&self, keys: &[String], dropout: Option<(u64, f64)>) -> Vec<u16> {
+        self.features_for(keys, dropout, 0)
+    }
+
+    /// [`Self::features`] against standard `standard`'s words.
+    pub fn features_for(
+        &self,
+        keys: &[String],
+        dropout: Option<(u64, f64)>,
+        standard: usize,
+    ) -> Vec<u16> {
+        let salt = standard_salt(standard);
         let n = keys.len();
         let mut bits = vec![0u16; n];
         let threshold = dropout.map(|(seed, p)| (mix(seed), (p.clamp(0.0, 1.0) * 2f64.powi(64))));
@@ -213,7 +247,7 @@ impl Lexicon {
             let mut h = Fnv::new();
             for j in i..n.min(i + self.max_units) {
                 h.push(&keys[j]);
-                if !self.hashes.contains(&h.0) || !kept(h.0) {
+                if !self.hashes.contains(&(h.0 ^ salt)) || !kept(h.0) {
                     continue;
                 }
                 let len = j - i + 1;
@@ -453,6 +487,16 @@ pub struct FeatureSpec {
     /// Statistics of the general list, read with its bits
     /// (`general_lexicon_stats`).
     pub general_stats: Option<ListStats>,
+    /// A joint model's number of standards (0 for a model of one): each has a
+    /// column after the lexicon bits, set on every unit read by it, or (with
+    /// `standard_tokens`) a token in [CLS]'s place.
+    pub standards: usize,
+    /// A joint model that reads its standard as a token: each standard's
+    /// token id, in standard order; empty for the column form.
+    pub standard_tokens: Vec<u32>,
+    /// The standard [`Self::compute`] reads by: its words in `lexicon`, its
+    /// column.
+    pub standard: usize,
 }
 
 /// Features of one sequence of units, sliceable into windows.
@@ -468,6 +512,17 @@ pub struct UnitFeatures {
     pub general: Vec<u16>,
     /// General word-list statistic bits per unit (empty without them).
     pub general_stats: Vec<u64>,
+    /// How a joint model is told the standard the sequence is read by.
+    pub standard: Option<StandardMark>,
+}
+
+/// A joint model's standard, as the batch gives it to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandardMark {
+    /// Column `index` of `count` after the lexicon bits, set on every unit.
+    Column { index: usize, count: usize },
+    /// This token id in [CLS]'s place.
+    Token(u32),
 }
 
 impl UnitFeatures {
@@ -485,6 +540,7 @@ impl UnitFeatures {
             bigrams: part(&self.bigrams, r.clone()),
             general: part(&self.general, r.clone()),
             general_stats: part(&self.general_stats, r),
+            standard: self.standard,
         }
     }
 }
@@ -498,11 +554,21 @@ impl FeatureSpec {
     /// the statistics, as if the list lacked them; words it lacks already are
     /// left alone.
     pub fn hide_words<'a>(&mut self, words: impl IntoIterator<Item = &'a [String]>) {
+        self.hide_words_of(self.standard, words)
+    }
+
+    /// [`Self::hide_words`] for standard `standard`'s words.
+    pub fn hide_words_of<'a>(
+        &mut self,
+        standard: usize,
+        words: impl IntoIterator<Item = &'a [String]>,
+    ) {
+        let salt = standard_salt(standard);
         let Some(lex) = &mut self.lexicon else {
             return;
         };
         for keys in words {
-            if lex.hashes.remove(&hash_keys(keys)) {
+            if lex.hashes.remove(&(hash_keys(keys) ^ salt)) {
                 if let Some(st) = &mut self.list_stats {
                     st.remove_keys(keys);
                 }
@@ -550,13 +616,23 @@ impl FeatureSpec {
 
     /// Features of one sequence given its unit keys.
     pub fn compute(&self, keys: &[String], lexicon_dropout: Option<(u64, f64)>) -> UnitFeatures {
+        self.compute_for(keys, lexicon_dropout, self.standard)
+    }
+
+    /// [`Self::compute`] by standard `standard` (of a joint model).
+    pub fn compute_for(
+        &self,
+        keys: &[String],
+        lexicon_dropout: Option<(u64, f64)>,
+        standard: usize,
+    ) -> UnitFeatures {
         // Pair hashes only matter for the seen-bigram test and the statistics.
         let pairs = (self.bigram_seen.is_some()
             || self.list_stats.is_some()
             || self.general_stats.is_some())
         .then(|| Self::bigram_pairs(keys));
         // A word list's match bits, and its statistics when it has them.
-        let list = |lexicon: &Option<Lexicon>, stats: &Option<ListStats>, dropout| {
+        let list = |lexicon: &Option<Lexicon>, stats: &Option<ListStats>, dropout, standard| {
             let Some(lex) = lexicon else {
                 return (Vec::new(), Vec::new());
             };
@@ -564,10 +640,10 @@ impl FeatureSpec {
                 (Some(st), Some(pairs)) => st.bits(keys, pairs),
                 _ => Vec::new(),
             };
-            (lex.features(keys, dropout), stats)
+            (lex.features_for(keys, dropout, standard), stats)
         };
-        let (lexicon, stats) = list(&self.lexicon, &self.list_stats, lexicon_dropout);
-        let (general, general_stats) = list(&self.general_lexicon, &self.general_stats, None);
+        let (lexicon, stats) = list(&self.lexicon, &self.list_stats, lexicon_dropout, standard);
+        let (general, general_stats) = list(&self.general_lexicon, &self.general_stats, None, 0);
         let bigrams = if self.bigram_buckets > 0 {
             let at = |i: isize| -> &str {
                 if i < 0 || i as usize >= keys.len() {
@@ -602,6 +678,14 @@ impl FeatureSpec {
             bigrams,
             general,
             general_stats,
+            standard: match (self.standards, self.standard_tokens.get(standard)) {
+                (0, _) => None,
+                (_, Some(&id)) => Some(StandardMark::Token(id)),
+                (count, None) => Some(StandardMark::Column {
+                    index: standard,
+                    count,
+                }),
+            },
         }
     }
 }
@@ -633,16 +717,27 @@ impl BatchFeatures {
     /// `rows[r]` holds row r's units, which start at position 1 of a row of `t`.
     pub fn build(rows: &[&UnitFeatures], t: usize, device: &Device) -> Result<Self> {
         let b = rows.len();
-        // A word list's bits, then its statistics' bits when it has them.
-        let list = |bits: fn(&UnitFeatures) -> (&[u16], &[u64])| -> Result<Option<Tensor>> {
+        // A word list's bits, then its statistics' bits when it has them,
+        // then (the standard's own list) a joint model's standard columns.
+        let list = |bits: fn(&UnitFeatures) -> (&[u16], &[u64]),
+                    standards: bool|
+         -> Result<Option<Tensor>> {
             if rows.iter().all(|r| bits(r).0.is_empty()) {
                 return Ok(None);
             }
             let with_stats = rows.iter().any(|r| !bits(r).1.is_empty());
-            let width = LEXICON_FEATURES + if with_stats { LIST_STAT_FEATURES } else { 0 };
+            let lists = LEXICON_FEATURES + if with_stats { LIST_STAT_FEATURES } else { 0 };
+            let column = |f: &UnitFeatures| match f.standard {
+                Some(StandardMark::Column { index, count }) if standards => Some((index, count)),
+                _ => None,
+            };
+            let n_standards = rows.iter().filter_map(|&r| column(r)).map(|(_, n)| n).max();
+            let n_standards = n_standards.unwrap_or(0);
             let columns = |f: &UnitFeatures| {
                 let (lex, stats) = bits(f);
+                let units = lex.len();
                 let lex = lex.iter().enumerate();
+                let standard = column(f);
                 lex.map(|(k, &b)| (k, 0, u64::from(b)))
                     .chain(
                         stats
@@ -650,12 +745,17 @@ impl BatchFeatures {
                             .enumerate()
                             .map(|(k, &b)| (k, LEXICON_FEATURES, b)),
                     )
+                    .chain(
+                        standard
+                            .into_iter()
+                            .flat_map(|(s, _)| (0..units).map(move |k| (k, lists, 1 << s))),
+                    )
                     .collect()
             };
-            bit_tensor(rows, t, width, columns, device).map(Some)
+            bit_tensor(rows, t, lists + n_standards, columns, device).map(Some)
         };
-        let lexicon = list(|f| (&f.lexicon, &f.stats))?;
-        let general = list(|f| (&f.general, &f.general_stats))?;
+        let lexicon = list(|f| (&f.lexicon, &f.stats), true)?;
+        let general = list(|f| (&f.general, &f.general_stats), false)?;
         let bigrams = if rows.iter().any(|r| !r.bigrams.is_empty()) {
             let mut v = vec![0u32; b * t * 2];
             for (r, f) in rows.iter().enumerate() {
@@ -684,6 +784,51 @@ mod tests {
         split_units(s).iter().map(|u| u.key()).collect()
     }
 
+    #[test]
+    fn a_joint_lexicon_reads_each_standards_own_words_and_its_column() {
+        let mut lex = Lexicon::default();
+        lex.insert_for("北京", 0);
+        lex.insert_for("北京大学", 1);
+        assert!(lex.contains("北京") && !lex.contains_for("北京", 1));
+        assert!(lex.contains_for("北京大学", 1) && !lex.contains("北京大学"));
+        let k = keys("北京大学");
+        let spec = FeatureSpec {
+            lexicon: Some(lex),
+            standards: 2,
+            ..FeatureSpec::default()
+        };
+        let by0 = spec.compute_for(&k, None, 0);
+        let by1 = spec.compute_for(&k, None, 1);
+        assert_eq!(by0.lexicon, [1 << 1, 1 << 5, 0, 0]);
+        assert_eq!(by1.lexicon, [1 << 3, 1 << 9, 1 << 9, 1 << 7]);
+        let column = |index| Some(StandardMark::Column { index, count: 2 });
+        assert_eq!((by0.standard, by1.standard), (column(0), column(1)));
+        // The standard's column follows the lexicon bits, on every unit.
+        let batch = BatchFeatures::build(&[&by0, &by1.slice(1..3)], 5, &Device::Cpu).unwrap();
+        let t = batch.lexicon.unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(t[0][0].len(), LEXICON_FEATURES + 2);
+        for (row, units, column) in [(0, 1..5, 10), (1, 1..3, 11)] {
+            for (p, at) in t[row].iter().enumerate() {
+                let on = units.contains(&p);
+                assert_eq!(at[column], on as u8 as f32, "row {row} position {p}");
+                assert_eq!(at[21 - column], 0.0);
+            }
+        }
+        // In the token form the batch carries the token in [CLS]'s place,
+        // and no column.
+        let tokens = FeatureSpec {
+            standard_tokens: vec![7, 8],
+            ..spec.clone()
+        };
+        let by1 = tokens.compute_for(&k, None, 1);
+        assert_eq!(by1.standard, Some(StandardMark::Token(8)));
+        let batch = BatchFeatures::build(&[&by1], 6, &Device::Cpu).unwrap();
+        assert_eq!(batch.lexicon.unwrap().dims(), [1, 6, LEXICON_FEATURES]);
+        let mut hidden = spec.clone();
+        hidden.hide_words_of(1, [k.as_slice()]);
+        assert_eq!(hidden.compute_for(&k, None, 1).lexicon, [0; 4]);
+        assert_eq!(hidden.compute_for(&k, None, 0).lexicon, by0.lexicon);
+    }
     #[test]
     fn lexicon_bits_mark_starts_ends_and_insides() {
         let lex = Lexicon::from_words(["北京大学", "大学", "学", "１９９８年"]);

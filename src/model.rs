@@ -62,7 +62,7 @@ pub struct BertConfig {
 /// transformers ignores): the sizes of the unit-feature embeddings and the
 /// decoding bias a model was tuned with. Zero / false / none means absent, and
 /// absent keys are not written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Extensions {
     /// Lexicon feature columns per unit (0: no lexicon channel).
     #[serde(rename = "cws_lexicon_features", default)]
@@ -87,6 +87,30 @@ pub struct Extensions {
     /// config named one (`standard`); `--standard` checks it.
     #[serde(rename = "cws_standard", default)]
     pub standard: Option<Standard>,
+    /// A joint (multi-criteria) model's standards, in the order of their
+    /// columns after the lexicon bits (one learned vector each, added at
+    /// every position); `--standard` picks one, the first by default.
+    #[serde(rename = "cws_standards", default)]
+    pub standards: Vec<Standard>,
+    /// A joint model's boundary bias per standard (in `standards` order).
+    #[serde(rename = "cws_boundary_biases", default)]
+    pub boundary_biases: Vec<f32>,
+    /// How a joint model reads its standard.
+    #[serde(rename = "cws_standard_input", default)]
+    pub standard_input: StandardInput,
+}
+
+/// How a joint model is told which standard to segment by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StandardInput {
+    /// A learned vector per standard added at every position (a column
+    /// after the standard's lexicon bits).
+    #[default]
+    Column,
+    /// A learned token per standard in [CLS]'s place (`[PKU]`, `[MSR]`),
+    /// which every position attends to.
+    Token,
 }
 
 /// A segmentation standard: which words a corpus's annotators call words
@@ -105,6 +129,14 @@ impl Standard {
         match self {
             Standard::Pku => "pku",
             Standard::Msr => "msr",
+        }
+    }
+
+    /// A joint model's token for the standard (`cws_standard_input = token`).
+    pub fn token(self) -> &'static str {
+        match self {
+            Standard::Pku => "[PKU]",
+            Standard::Msr => "[MSR]",
         }
     }
 }
@@ -146,6 +178,15 @@ impl Extensions {
         }
         if let Some(s) = self.standard {
             out.push(("cws_standard", json!(s)));
+        }
+        if !self.standards.is_empty() {
+            out.push(("cws_standards", json!(self.standards)));
+        }
+        if !self.boundary_biases.is_empty() {
+            out.push(("cws_boundary_biases", json!(self.boundary_biases)));
+        }
+        if self.standard_input == StandardInput::Token {
+            out.push(("cws_standard_input", json!(self.standard_input)));
         }
         out
     }

@@ -21,7 +21,7 @@ use crate::bies::NUM_LABELS;
 use crate::encode::Vocab;
 use crate::features::{FeatureSpec, Lexicon, ListStats, LEXICON_FEATURES, LIST_STAT_FEATURES};
 use crate::hub::{fetch_files, resolve_arg, HubSettings, ModelFiles, ModelSource};
-use crate::model::{BertConfig, BertForTokenClassification, Extensions, Standard};
+use crate::model::{BertConfig, BertForTokenClassification, Extensions, Standard, StandardInput};
 use crate::tagger::Tagger;
 use crate::weights::{self, LoadOptions};
 use anyhow::{bail, Context, Result};
@@ -148,11 +148,11 @@ pub fn load_or_default(
         Some((m.clone(), Some(format!("${MODEL_VAR}={m}"))))
     });
     if let Some((m, from_var)) = given {
-        let tagger = match &from_var {
+        let mut tagger = match &from_var {
             Some(var) => load(&m, device).with_context(|| format!("loading {var}"))?,
             None => load(&m, device)?,
         };
-        check_standard(&tagger, &m, standard)?;
+        check_standard(&mut tagger, &m, standard)?;
         return Ok(tagger);
     }
     let want = standard.unwrap_or(Standard::Pku);
@@ -175,9 +175,27 @@ pub fn load_or_default(
     }
 }
 
-/// Refuses a model asked for a standard it was not trained on.
-pub fn check_standard(tagger: &Tagger, name: &str, want: Option<Standard>) -> Result<()> {
+/// Refuses a model asked for a standard it was not trained on; a joint model
+/// is set to read by the one asked for.
+pub fn check_standard(tagger: &mut Tagger, name: &str, want: Option<Standard>) -> Result<()> {
     let Some(want) = want else { return Ok(()) };
+    let known = &tagger.config.cws.standards;
+    if !known.is_empty() {
+        let Some(i) = known.iter().position(|&s| s == want) else {
+            bail!(
+                "--standard {}: the model {name} was not trained on the {} standard (it knows: {})",
+                want.name(),
+                want.name(),
+                known
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        tagger.features.standard = i;
+        return Ok(());
+    }
     match tagger.config.cws.standard {
         Some(s) if s == want => Ok(()),
         Some(s) => bail!(
@@ -213,20 +231,34 @@ pub fn load(source: &str, device: &Device) -> Result<Tagger> {
 
 /// The feature files (name, what it holds) a model with `ext` reads.
 fn feature_files(ext: &Extensions) -> Result<Vec<(&'static str, &'static str)>> {
-    // A word list's files for a channel of `width` columns.
-    let list = |width: usize, key: &str, files: [(&'static str, &'static str); 2]| {
-        Ok(match width {
-            0 => vec![],
-            LEXICON_FEATURES => vec![files[0]],
-            n if n == LEXICON_FEATURES + LIST_STAT_FEATURES => files.to_vec(),
-            n => bail!(
-                "{key} = {n}, but this cws reads {LEXICON_FEATURES} word-list features, or {} with word-list statistics",
+    // A word list's files for a channel of `width` columns, `extra` of which
+    // are a joint model's standard columns.
+    let list = |width: usize, extra: usize, key: &str, files: [(&'static str, &'static str); 2]| {
+        Ok(match width.checked_sub(extra) {
+            Some(0) if extra == 0 => vec![],
+            Some(LEXICON_FEATURES) => vec![files[0]],
+            Some(n) if n == LEXICON_FEATURES + LIST_STAT_FEATURES => files.to_vec(),
+            _ => bail!(
+                "{key} = {width}, but this cws reads {LEXICON_FEATURES} word-list features, or {} with \
+                 word-list statistics, plus one per standard of a joint model ({extra} here)",
                 LEXICON_FEATURES + LIST_STAT_FEATURES
             ),
         })
     };
+    if !ext.standards.is_empty() && ext.boundary_biases.len() != ext.standards.len() {
+        bail!(
+            "cws_standards names {} standards but cws_boundary_biases has {} values",
+            ext.standards.len(),
+            ext.boundary_biases.len()
+        );
+    }
+    let columns = match ext.standard_input {
+        StandardInput::Column => ext.standards.len(),
+        StandardInput::Token => 0,
+    };
     let mut files = list(
         ext.lexicon_features,
+        columns,
         "cws_lexicon_features",
         [
             (LEXICON_FILE, "lexicon features"),
@@ -235,6 +267,7 @@ fn feature_files(ext: &Extensions) -> Result<Vec<(&'static str, &'static str)>> 
     )?;
     files.extend(list(
         ext.general_lexicon_features,
+        0,
         "cws_general_lexicon_features",
         [
             (GENERAL_LEXICON_FILE, "a general word list"),
@@ -357,7 +390,20 @@ fn load_from(files: &Files<'_>, name: &str, device: &Device) -> Result<Tagger> {
     let model = BertForTokenClassification::new_random(&varmap, &config, 0, DType::F32, device)?;
     weights::load_tensors(&varmap, tensors, LoadOptions::default())
         .with_context(|| format!("loading weights of {name}"))?;
-    let features = read_features(&config.cws, files).with_context(|| format!("loading {name}"))?;
+    let mut features =
+        read_features(&config.cws, files).with_context(|| format!("loading {name}"))?;
+    if config.cws.standard_input == StandardInput::Token {
+        for s in &config.cws.standards {
+            let id = vocab.id(s.token());
+            if id == vocab.unk {
+                bail!(
+                    "{name} reads its standard as a token, but its vocabulary lacks {}",
+                    s.token()
+                );
+            }
+            features.standard_tokens.push(id);
+        }
+    }
     let max_units = config.max_position_embeddings.min(512) - 2;
     Ok(Tagger {
         features,
@@ -378,6 +424,7 @@ fn load_from(files: &Files<'_>, name: &str, device: &Device) -> Result<Tagger> {
 fn read_features(ext: &Extensions, files: &Files<'_>) -> Result<FeatureSpec> {
     let mut spec = FeatureSpec {
         bigram_buckets: ext.bigram_buckets,
+        standards: ext.standards.len(),
         ..FeatureSpec::default()
     };
     for (file, what) in feature_files(ext)? {

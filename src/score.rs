@@ -39,6 +39,17 @@ fn ratio(a: usize, b: usize) -> f64 {
 }
 
 impl Counts {
+    /// Adds the counts of another scored file (lines included).
+    pub fn add(&mut self, other: &Counts) {
+        self.gold_words += other.gold_words;
+        self.pred_words += other.pred_words;
+        self.correct += other.correct;
+        self.oov_words += other.oov_words;
+        self.oov_correct += other.oov_correct;
+        self.lines_scored += other.lines_scored;
+        (self.text_mismatch_lines).extend_from_slice(&other.text_mismatch_lines);
+    }
+
     pub fn recall(&self) -> f64 {
         ratio(self.correct, self.gold_words)
     }

@@ -53,6 +53,25 @@ pub struct Sequence {
 }
 
 impl Tagger {
+    /// The boundary bias the model was tuned with: a joint model's for the
+    /// standard it reads by (`features.standard`).
+    pub fn boundary_bias(&self) -> f32 {
+        let ext = &self.config.cws;
+        match ext.boundary_biases.get(self.features.standard) {
+            Some(&b) if !ext.standards.is_empty() => b,
+            _ => ext.boundary_bias.unwrap_or(0.0),
+        }
+    }
+
+    /// The standard a joint model reads by, if it is one.
+    pub fn joint_standard(&self) -> Option<crate::model::Standard> {
+        self.config
+            .cws
+            .standards
+            .get(self.features.standard)
+            .copied()
+    }
+
     /// Log-probabilities of the four labels for every unit of every sequence.
     pub fn scores(&self, sequences: &[Sequence]) -> Result<Vec<Vec<[f32; NUM_LABELS]>>> {
         // Windows to run: (sequence, unit range); each unit's best window after.
@@ -180,7 +199,7 @@ pub struct Scored {
 impl<'a> ModelSplitter<'a> {
     /// A splitter with the model's own boundary bias.
     pub fn new(tagger: &'a Tagger, decode: Decode, dict: Option<&'a Dictionary>) -> Result<Self> {
-        let boundary_bias = tagger.config.cws.boundary_bias.unwrap_or(0.0);
+        let boundary_bias = tagger.boundary_bias();
         let transitions = match tagger.model.crf() {
             Some(crf) => crf.scores()?.restricted_to_bies(),
             None => Transitions::bies(),

@@ -118,3 +118,18 @@ pub fn run_eval(gold: &Path, pred: &Path) -> Output {
         b"",
     )
 }
+
+/// Runs `cws eval ARGS --format json`, checks that it succeeds, and returns
+/// its report.
+pub fn eval_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["eval"];
+    all.extend_from_slice(args);
+    all.extend(["--format", "json"]);
+    let out = run_cws(&all, b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

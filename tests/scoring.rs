@@ -2,7 +2,7 @@
 //! test sets: our scorer's counts must equal those obtained by running GNU
 //! `diff` on each line pair, one word per line, as the official script does.
 
-use crate::common::{data_dir, run_cws};
+use crate::common::{data_dir, eval_json, run_cws};
 use cws::corpus::{read_lines, split_words, Line};
 use cws::dict::Dictionary;
 use cws::score::{score_lines, unchanged_words};
@@ -169,19 +169,8 @@ fn eval_command_prints_three_decimals_and_json() {
     assert!(out.status.success());
     assert!(text.contains("f1           1.000"), "{text}");
     assert!(text.contains("iv_recall    1.000"), "{text}");
-    let out = run_cws(
-        &[
-            "eval",
-            "--gold",
-            gold.to_str().unwrap(),
-            "--pred",
-            gold.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-        b"",
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g = gold.to_str().unwrap();
+    let v = eval_json(&["--gold", g, "--pred", g]);
     assert_eq!(v["f1"], 1.0);
     assert_eq!(v["gold_words"], 104372);
 }

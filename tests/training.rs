@@ -3,7 +3,7 @@
 //! resumed run equals an uninterrupted one, and a trained model segments
 //! losslessly through the CLI.
 
-use crate::common::{run_cws, segment_with_model, write_file};
+use crate::common::{eval_json, run_cws, segment_with_model, write_file};
 use cws::config::TrainConfig;
 use cws::train::{train_until, Progress};
 use rand::{Rng, SeedableRng};
@@ -346,26 +346,14 @@ fn lexicon_model_round_trip(stats: bool) {
         "我们  研究生  的  计算机\n".as_bytes(),
     );
     let hide = write_file(tmp.path(), "hide.txt", "研究生\n".as_bytes());
-    let out = run_cws(
-        &[
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--gold",
-            gold.to_str().unwrap(),
-            "--hide-words",
-            hide.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-        b"",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = eval_json(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--gold",
+        gold.to_str().unwrap(),
+        "--hide-words",
+        hide.to_str().unwrap(),
+    ]);
     assert_eq!(report["gold_words"], 4);
 
     // Without its list files the model refuses to load, naming the file.
@@ -387,6 +375,135 @@ fn lexicon_model_round_trip(stats: bool) {
         assert!(!out.status.success() && err.contains(file), "{err}");
         std::fs::rename(&kept, model.join(file)).unwrap();
     }
+}
+
+/// A joint (multi-criteria) run: two corpora of the same sentences by two
+/// standards (the second splits every two-character word), each with its own
+/// word list, train one model that segments by either standard, resumes
+/// exactly, and scores each standard's text best when reading by it; with
+/// the standard as a column at every position and as a token.
+#[test]
+fn a_joint_model_learns_two_standards_and_segments_by_either() {
+    use cws::model::StandardInput;
+    joint_model_round_trip(StandardInput::Column);
+    joint_model_round_trip(StandardInput::Token);
+}
+
+fn joint_model_round_trip(input: cws::model::StandardInput) {
+    use cws::config::JointCorpus;
+    use cws::model::{Standard, StandardInput};
+    let tmp = tempfile::tempdir().unwrap();
+    let is_cjk = |c: char| ('\u{4e00}'..='\u{9fff}').contains(&c);
+    let split_pairs = |line: &str| -> String {
+        line.split("  ")
+            .map(|w| {
+                if w.chars().count() == 2 && w.chars().all(is_cjk) {
+                    w.chars().map(String::from).collect::<Vec<_>>().join("  ")
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let a = corpus(120);
+    let b: String = a.lines().map(|l| split_pairs(l) + "\n").collect();
+    let words = |text: &str| {
+        let mut w: Vec<&str> = text.split_whitespace().collect();
+        w.sort();
+        w.dedup();
+        w.join("\n") + "\n"
+    };
+    let joint = |name: &str, steps: usize| {
+        let mut c = config(tmp.path(), name, steps);
+        c.standard = Some(Standard::Pku);
+        c.lexicon = Some(write_file(tmp.path(), "a.words", words(&a).as_bytes()));
+        c.joint = vec![JointCorpus {
+            train: write_file(tmp.path(), "b.txt", b.as_bytes()),
+            standard: Standard::Msr,
+            words: None,
+            lexicon: Some(write_file(tmp.path(), "b.words", words(&b).as_bytes())),
+            dev_oov_rate: None,
+            dev_oov_reference: None,
+        }];
+        c.bigram_buckets = 64;
+        c.heldout_folds = 3;
+        c.heldout_hide = 0.5;
+        c.tune_boundary_bias = true;
+        c.learning_rate = 5e-3;
+        c.joint_standard_input = input;
+        c.validate().unwrap();
+        c
+    };
+    let full = joint("joint", 40);
+    let s = train_until(&full, false, Progress::Quiet, None).unwrap();
+    assert!(s.best_dev_f1.unwrap() > 0.5, "{:?}", s.best_dev_f1);
+    let data = cws::train::load_data(&full, Progress::Quiet).unwrap();
+    assert_eq!(data.train.len(), 2 * 96, "both corpora, 80% each");
+    assert_eq!(data.standard_of.iter().filter(|&&k| k == 1).count(), 96);
+
+    let model = tmp.path().join("joint/best");
+    let hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(hf["cws_standards"], serde_json::json!(["pku", "msr"]));
+    assert_eq!(hf["cws_boundary_biases"].as_array().unwrap().len(), 2);
+    assert!(hf.get("cws_standard").is_none());
+    let vocab = std::fs::read_to_string(model.join("vocab.txt")).unwrap();
+    let has_tokens = vocab.lines().any(|t| t == "[PKU]") && vocab.lines().any(|t| t == "[MSR]");
+    match input {
+        StandardInput::Column => {
+            assert_eq!(hf["cws_lexicon_features"], 12);
+            assert!(!has_tokens && hf.get("cws_standard_input").is_none());
+        }
+        StandardInput::Token => {
+            assert_eq!(hf["cws_lexicon_features"], 10);
+            assert!(has_tokens && hf["cws_standard_input"] == "token");
+        }
+    }
+
+    // Stopped and resumed: the same weights as the uninterrupted run.
+    let split = joint("split", 40);
+    train_until(&split, false, Progress::Quiet, Some(7)).unwrap();
+    train_until(&split, true, Progress::Quiet, None).unwrap();
+    assert_eq!(
+        weights(&tmp.path().join("joint")),
+        weights(&tmp.path().join("split"))
+    );
+
+    // Each standard's way, losslessly; MSR's (here) splits more.
+    let text = "我们学习经济，发展中国。今天研究市场问题。\n";
+    let by = |standard: &str| {
+        let out = segment_with_model(&model, &["--standard", standard], text);
+        assert_eq!(out.replace(' ', ""), text);
+        out.split_whitespace().count()
+    };
+    let (pku, msr) = (by("pku"), by("msr"));
+    assert!(msr > pku, "msr {msr} words, pku {pku}");
+    // Exported (f16), it keeps its standards.
+    let export = tmp.path().join("export");
+    export_and_segment(&model, &export, text);
+    let exported = segment_with_model(&export, &["--standard", "msr"], text);
+    assert_eq!(exported.split_whitespace().count(), msr, "{exported}");
+    assert_eq!(by("pku"), {
+        let out = segment_with_model(&model, &[], text);
+        out.split_whitespace().count()
+    });
+
+    // Scored on the second standard's text, reading by it wins.
+    let gold = write_file(
+        tmp.path(),
+        "b-gold.txt",
+        b.lines().take(30).collect::<Vec<_>>().join("\n").as_bytes(),
+    );
+    let f1 = |standard: &str| {
+        let m = model.to_str().unwrap();
+        let g = gold.to_str().unwrap();
+        eval_json(&["--model", m, "--standard", standard, "--gold", g])["f1"]
+            .as_f64()
+            .unwrap()
+    };
+    let (as_msr, as_pku) = (f1("msr"), f1("pku"));
+    assert!(as_msr > as_pku + 0.1, "msr {as_msr}, pku {as_pku}");
 }
 
 /// Distillation: a student trained against a teacher's probabilities differs
@@ -562,6 +679,11 @@ fn every_config_field_is_settable_from_the_command_line() {
         ("general_lexicon", "\"general.txt\""),
         ("general_lexicon_stats", "true"),
         ("standard", "\"msr\""),
+        ("joint_standard_input", "\"token\""),
+        (
+            "joint",
+            "[{ train = \"m.txt\", standard = \"msr\", lexicon = \"m.words\" }]",
+        ),
         ("distill_from", "[\"teacher\"]"),
         ("distill_weight", "0.7"),
         ("distill_text", "[\"raw.txt\"]"),
@@ -615,6 +737,10 @@ fn every_config_field_is_settable_from_the_command_line() {
         if *key == "distill_text" {
             args.extend(["--set", "distill_from=[\"teacher\"]"]);
         }
+        // A joint corpus needs a standard for the top-level one.
+        if *key == "joint" {
+            args.extend(["--set", "standard=\"pku\""]);
+        }
         // The general list's statistics need the general list.
         if *key == "general_lexicon_stats" {
             args.extend(["--set", "general_lexicon=\"general.txt\""]);
@@ -632,6 +758,16 @@ fn every_config_field_is_settable_from_the_command_line() {
                 toml::Value::Array(items) => toml::Value::Array(items.iter().map(abs).collect()),
                 v => abs(v),
             };
+        }
+        if *key == "joint" {
+            let table = want.as_array_mut().unwrap()[0].as_table_mut().unwrap();
+            for field in ["train", "lexicon"] {
+                let path = here.join(table[field].as_str().unwrap());
+                table.insert(
+                    field.into(),
+                    toml::Value::String(path.display().to_string()),
+                );
+            }
         }
         assert_eq!(got, Some(want), "--set {set}");
     }

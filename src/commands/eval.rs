@@ -37,7 +37,8 @@ pub struct Args {
     pub model: Option<String>,
     /// The segmentation standard: without --model, the built-in model of that
     /// standard (default: pku); with one, a check that the model was trained
-    /// on it.
+    /// on it (a joint model, trained on several, then segments by this one;
+    /// by its first without --standard).
     #[arg(long, value_enum)]
     pub standard: Option<Standard>,
     /// With a model: also write the model's segmentation here.

@@ -10,7 +10,7 @@ use crate::config::{open_device, TrainConfig, VOCAB_FROM_TRAIN};
 use crate::encode::Vocab;
 use crate::features::{FeatureSpec, Lexicon};
 use crate::hub::{resolve, resolve_local, HubSettings, ModelSource};
-use crate::model::{BertConfig, BertForTokenClassification};
+use crate::model::{BertConfig, BertForTokenClassification, StandardInput};
 use crate::model_dir;
 use crate::tagger::Tagger;
 use crate::units::units_of_words;
@@ -39,7 +39,15 @@ pub(super) fn build_tagger(
     }
     let files = resolve(&ModelSource::parse(&cfg.model)?, &HubSettings::from_env())?;
     let mut config = BertConfig::from_file(&files.config)?;
-    let vocab = vocab_for(cfg, data, &files, &mut config)?;
+    let mut vocab = vocab_for(cfg, data, &files, &mut config)?;
+    let tokens = cfg.joint_standard_input == StandardInput::Token;
+    let standard_tokens: Vec<u32> = (cfg.joint_standards().iter())
+        .filter(|_| tokens)
+        .map(|s| vocab.add_token(s.token()))
+        .collect();
+    if !standard_tokens.is_empty() {
+        config.vocab_size = config.vocab_size.max(vocab.len());
+    }
     if vocab.len() > config.vocab_size {
         bail!(
             "the vocabulary has {} tokens but the model's vocab_size is {}",
@@ -49,7 +57,13 @@ pub(super) fn build_tagger(
     }
     config.set_labels(&LABEL_NAMES);
     config.cws.head = cfg.head;
-    config.cws.standard = cfg.standard;
+    config.cws.standards = cfg.joint_standards();
+    if config.cws.standards.is_empty() {
+        config.cws.standard = cfg.standard;
+    } else {
+        config.cws.boundary_biases = vec![0.0; config.cws.standards.len()];
+        config.cws.standard_input = cfg.joint_standard_input;
+    }
     if let Some(p) = cfg.dropout {
         config.hidden_dropout_prob = p;
         config.attention_probs_dropout_prob = p;
@@ -62,7 +76,8 @@ pub(super) fn build_tagger(
             config.max_position_embeddings
         );
     }
-    let features = fresh_features(cfg, data, &mut config, files.weights.is_some())?;
+    let mut features = fresh_features(cfg, data, &mut config, files.weights.is_some())?;
+    features.standard_tokens = standard_tokens;
     let varmap = VarMap::new();
     let model =
         BertForTokenClassification::new_random(&varmap, &config, cfg.seed, DType::F32, &device)?;
@@ -138,8 +153,9 @@ fn fresh_features(
     {
         bail!("lexicon and bigram features add new embeddings to the model; train a fresh model (model = \"config:PATH\") to use them");
     }
+    let standards = config.cws.standards.len();
     let (lexicon, list_stats) = match &cfg.lexicon {
-        Some(path) => {
+        Some(path) if standards == 0 => {
             let listed = crate::corpus::read_word_list(path)?;
             let words = || {
                 listed
@@ -152,6 +168,29 @@ fn fresh_features(
                 .then(|| crate::features::ListStats::from_words(words()));
             config.cws.lexicon_features = list_width(&stats);
             (Some(Lexicon::from_words(words())), stats)
+        }
+        Some(_) => {
+            // A joint run: each standard's list and training words, marked
+            // with the standard, in one lexicon.
+            let mut lex = Lexicon::default();
+            for (k, corpus) in cfg.corpora().iter().enumerate() {
+                let path = corpus
+                    .lexicon
+                    .context("every [[joint]] corpus needs a lexicon")?;
+                for (w, _) in crate::corpus::read_word_list(path)? {
+                    lex.insert_for(&w, k);
+                }
+                let own = data.train.iter().zip(&data.standard_of);
+                for w in own.filter(|&(_, &s)| s == k).flat_map(|(s, _)| s) {
+                    lex.insert_for(w, k);
+                }
+            }
+            config.cws.lexicon_features = list_width(&None)
+                + match cfg.joint_standard_input {
+                    StandardInput::Column => standards,
+                    StandardInput::Token => 0,
+                };
+            (Some(lex), None)
         }
         None => (None, None),
     };
@@ -190,6 +229,9 @@ fn fresh_features(
         list_stats,
         general_lexicon,
         general_stats,
+        standards,
+        standard: 0,
+        standard_tokens: Vec::new(),
     })
 }
 

@@ -16,22 +16,85 @@ use std::collections::HashSet;
 use std::path::Path;
 
 /// Labelled training data and dev sentences, ready for the model.
+#[derive(Debug, Default)]
 pub struct Data {
     pub train: Vec<Vec<String>>,
     pub dev: Vec<Sentence>,
     /// Gold word boundaries inside a unit (not representable), counted.
     pub inner_boundaries: usize,
+    /// Each training sentence's corpus (its index in `cfg.corpora()`, the
+    /// standard a joint model reads it by); all 0 for one corpus.
+    pub standard_of: Vec<usize>,
+    /// Each dev sentence's corpus.
+    pub dev_standard: Vec<usize>,
 }
 
-/// Reads the corpus and holds out the dev set (the last `dev_fraction` of the
-/// non-blank training lines, unless a dev file is given).
+impl Data {
+    /// The training and dev sentences of corpus `standard` alone.
+    pub(super) fn of_standard(&self, standard: usize) -> Data {
+        let pick = |of: &[usize], i: usize| of.get(i).copied().unwrap_or(0) == standard;
+        Data {
+            train: (self.train.iter().enumerate())
+                .filter(|&(i, _)| pick(&self.standard_of, i))
+                .map(|(_, s)| s.clone())
+                .collect(),
+            dev: (self.dev.iter().enumerate())
+                .filter(|&(i, _)| pick(&self.dev_standard, i))
+                .map(|(_, s)| s.clone())
+                .collect(),
+            inner_boundaries: 0,
+            standard_of: Vec::new(),
+            dev_standard: Vec::new(),
+        }
+    }
+}
+
+/// Reads the corpora and holds out their dev sets (the last `dev_fraction` of
+/// each corpus's non-blank lines, unless a dev file is given); a joint run's
+/// corpora follow one another, each sentence marked with its corpus.
 pub fn load_data(cfg: &TrainConfig, progress: Progress<'_>) -> Result<Data> {
-    let all: Vec<Sentence> = read_segmented(&cfg.train)?
+    let mut train = Vec::new();
+    let mut data = Data::default();
+    for (k, corpus) in cfg.corpora().into_iter().enumerate() {
+        let (t, d) = read_corpus(cfg, corpus, k, progress)?;
+        data.standard_of.extend(std::iter::repeat_n(k, t.len()));
+        data.dev_standard.extend(std::iter::repeat_n(k, d.len()));
+        train.extend(t);
+        data.dev.extend(d);
+    }
+    let mut inner = 0;
+    data.train = train
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| cfg.exclude_fold.is_none_or(|[k, n]| i % n != k))
+        .map(|(_, s)| {
+            inner += units_of_words(&s.words).inner_boundaries;
+            s.words
+        })
+        .collect();
+    data.standard_of = (data.standard_of.iter().enumerate())
+        .filter(|(i, _)| cfg.exclude_fold.is_none_or(|[k, n]| i % n != k))
+        .map(|(_, &s)| s)
+        .collect();
+    data.inner_boundaries = inner;
+    Ok(data)
+}
+
+/// One corpus's training and dev sentences, placeholders filled (corpus `k`
+/// of the run draws its long words with its own seed).
+fn read_corpus(
+    cfg: &TrainConfig,
+    corpus: crate::config::CorpusRef<'_>,
+    k: usize,
+    progress: Progress<'_>,
+) -> Result<(Vec<Sentence>, Vec<Sentence>)> {
+    let path = corpus.train;
+    let all: Vec<Sentence> = read_segmented(path)?
         .into_iter()
         .filter(|s| !s.words.is_empty())
         .collect();
     if all.is_empty() {
-        bail!("{} has no sentences", cfg.train.display());
+        bail!("{} has no sentences", path.display());
     }
     let long = all.iter().filter(|s| s.text().chars().count() >= 4);
     let (considered, unsegmented) = long.fold((0, 0), |(n, u), s| {
@@ -41,7 +104,7 @@ pub fn load_data(cfg: &TrainConfig, progress: Progress<'_>) -> Result<Data> {
         progress.report(Event::Note(&format!(
             "warning: {}: {unsegmented} of its {considered} lines of 4 or more characters have no word \
              separator: training needs segmented text (words separated by spaces)",
-            cfg.train.display()
+            path.display()
         )));
     }
     let (train, dev) = match &cfg.dev {
@@ -65,25 +128,11 @@ pub fn load_data(cfg: &TrainConfig, progress: Progress<'_>) -> Result<Data> {
             (all, dev)
         }
     };
-    let (train, dev) = match &cfg.long_word_placeholder {
-        Some(mark) => fill_placeholders(train, dev, mark, cfg.lexicon.as_deref(), cfg.seed)?,
-        None => (train, dev),
-    };
-    let mut inner = 0;
-    let train: Vec<Vec<String>> = train
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| cfg.exclude_fold.is_none_or(|[k, n]| i % n != k))
-        .map(|(_, s)| {
-            inner += units_of_words(&s.words).inner_boundaries;
-            s.words
-        })
-        .collect();
-    Ok(Data {
-        train,
-        dev,
-        inner_boundaries: inner,
-    })
+    let seed = cfg.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    match &cfg.long_word_placeholder {
+        Some(mark) => fill_placeholders(train, dev, mark, corpus.lexicon, seed),
+        None => Ok((train, dev)),
+    }
 }
 
 /// Replaces every word equal to `mark` in the training and dev sentences by a
@@ -157,13 +206,16 @@ struct FoldView {
     unseen_units: HashSet<String>,
 }
 
-/// Each sentence's fold, and each fold's view (see [`Heldout`]).
+/// Each sentence's fold, and each fold's view (see [`Heldout`]); a joint
+/// run's sentences hide their words from their own standard's list
+/// (`standard_of`, 0 where it is short).
 fn fold_views(
     sentences: &[Vec<String>],
+    standard_of: &[usize],
     spec: &FeatureSpec,
     h: Heldout,
 ) -> (Vec<usize>, Vec<FoldView>) {
-    use crate::features::{hash_keys, mix};
+    use crate::features::{hash_keys, mix, standard_salt};
     use std::collections::HashMap;
     let folds = h.folds.max(2);
     let fold_of: Vec<usize> = (0..sentences.len())
@@ -182,14 +234,15 @@ fn fold_views(
     }
     let (mut words, mut pairs, mut units): (Counts<u64>, Counts<u64>, Counts<String>) =
         (fresh(folds), fresh(folds), fresh(folds));
-    let mut word_keys: HashMap<u64, Vec<String>> = HashMap::new();
-    for (s, &f) in sentences.iter().zip(&fold_of) {
+    let mut word_keys: HashMap<u64, (Vec<String>, usize)> = HashMap::new();
+    for (i, (s, &f)) in sentences.iter().zip(&fold_of).enumerate() {
         let keys: Vec<String> = units_of_words(s).units.iter().map(|u| u.key()).collect();
+        let standard = standard_of.get(i).copied().unwrap_or(0);
         for w in s {
             let wk = Lexicon::keys(w);
-            let hash = hash_keys(&wk);
+            let hash = hash_keys(&wk) ^ standard_salt(standard);
             add(&mut words, f, hash);
-            word_keys.entry(hash).or_insert(wk);
+            word_keys.entry(hash).or_insert((wk, standard));
         }
         for p in FeatureSpec::bigram_pairs(&keys) {
             add(&mut pairs, f, p);
@@ -203,12 +256,19 @@ fn fold_views(
     let views = (0..folds)
         .map(|f| {
             let mut view = spec.clone();
-            view.hide_words(
-                words.1[f]
-                    .iter()
-                    .filter(|&(w, &n)| words.0[w] == n && (mix(w ^ salt) as f64) < hide_limit)
-                    .map(|(w, _)| word_keys[w].as_slice()),
-            );
+            let hidden: Vec<&(Vec<String>, usize)> = words.1[f]
+                .iter()
+                .filter(|&(w, &n)| words.0[w] == n && (mix(w ^ salt) as f64) < hide_limit)
+                .map(|(w, _)| &word_keys[w])
+                .collect();
+            for standard in 0..spec.standards.max(1) {
+                view.hide_words_of(
+                    standard,
+                    (hidden.iter())
+                        .filter(|(_, s)| *s == standard)
+                        .map(|(k, _)| k.as_slice()),
+                );
+            }
             if let Some(seen) = &mut view.bigram_seen {
                 seen.remove_hashes(pairs.1[f].iter().filter_map(|(&p, &n)| {
                     (((pairs.0[&p] - n) as usize) < h.bigram_min_count).then_some(p)
@@ -229,9 +289,11 @@ fn fold_views(
 }
 
 /// Training windows of at most `max_units` units, cut at punctuation, with the
-/// unit features `spec` asks for, perturbed as `perturb` says.
+/// unit features `spec` asks for (a joint run's sentence by its standard in
+/// `standard_of`, 0 where it is short), perturbed as `perturb` says.
 pub fn windows(
     sentences: &[Vec<String>],
+    standard_of: &[usize],
     vocab: &Vocab,
     max_units: usize,
     spec: &FeatureSpec,
@@ -242,7 +304,9 @@ pub fn windows(
     let mut unk_rng = perturb
         .units
         .map(|(seed, p)| (rand::rngs::StdRng::seed_from_u64(seed), p));
-    let heldout = perturb.heldout.map(|h| fold_views(sentences, spec, h));
+    let heldout = perturb
+        .heldout
+        .map(|h| fold_views(sentences, standard_of, spec, h));
     for (s, words) in sentences.iter().enumerate() {
         let su = units_of_words(words);
         let labels = labels_from_lengths(&su.word_lengths);
@@ -256,9 +320,10 @@ pub fn windows(
                 }
             }
         }
-        let mut features = view
-            .map_or(spec, |v| &v.spec)
-            .compute(&keys, perturb.lexicon);
+        let standard = standard_of.get(s).copied().unwrap_or(0);
+        let mut features =
+            view.map_or(spec, |v| &v.spec)
+                .compute_for(&keys, perturb.lexicon, standard);
         if let Some((rng, p)) = &mut unk_rng {
             for (i, id) in ids.iter_mut().enumerate() {
                 if rng.random::<f64>() < *p {
@@ -385,7 +450,14 @@ impl EpochPlan {
             all
         });
         let sentences = extra.as_deref().unwrap_or(&data.train);
-        windows(sentences, vocab, cfg.max_length - 2, spec, perturb)
+        windows(
+            sentences,
+            &data.standard_of,
+            vocab,
+            cfg.max_length - 2,
+            spec,
+            perturb,
+        )
     }
 }
 
@@ -435,7 +507,7 @@ pub(super) mod tests {
                 hide,
                 bigram_min_count: min_count,
             };
-            let (fold_of, views) = fold_views(&sentences, &spec, h);
+            let (fold_of, views) = fold_views(&sentences, &[], &spec, h);
             assert_eq!(views.len(), 3);
             for (i, s) in sentences.iter().enumerate() {
                 let view = &views[fold_of[i]];

@@ -82,11 +82,13 @@ pub fn evaluate(
 /// it lacks too are candidates: words another large corpus never contains are
 /// rare ones (names, transliterations), like a test set's unseen words, where
 /// a random draw of dev-only words is mostly ordinary compounds.
+/// A joint run hides each corpus's words from its own `standard`'s list.
 pub(super) fn dev_features(
     full: &FeatureSpec,
     data: &Data,
     oov_rate: Option<f64>,
     reference: Option<&HashSet<String>>,
+    standard: usize,
 ) -> FeatureSpec {
     let mut spec = full.clone();
     let Some(full) = &full.lexicon else {
@@ -107,19 +109,19 @@ pub(super) fn dev_features(
         .dev
         .iter()
         .flat_map(|s| &s.words)
-        .filter(|w| !full.contains(w))
+        .filter(|w| !full.contains_for(w, standard))
         .count();
     let target = oov_rate.map(|r| (r * dev_tokens as f64).round() as usize);
     for (w, n) in candidates {
         if target.is_some_and(|t| missing >= t) {
             break;
         }
-        if full.contains(w) {
+        if full.contains_for(w, standard) {
             hidden.push(Lexicon::keys(w));
             missing += n;
         }
     }
-    spec.hide_words(hidden.iter().map(Vec::as_slice));
+    spec.hide_words_of(standard, hidden.iter().map(Vec::as_slice));
     spec
 }
 
@@ -137,7 +139,7 @@ mod tests {
                 sentence(1, &["我们", "研究", "经济"]),
                 sentence(2, &["我们", "研究", "市场", "经济"]),
             ],
-            inner_boundaries: 0,
+            ..Data::default()
         };
         let listed = ["我们", "学习", "研究", "经济", "市场"];
         let full = FeatureSpec {
@@ -148,7 +150,7 @@ mod tests {
         let lexicon = |spec: FeatureSpec| spec.lexicon.unwrap();
         // Unset: every dev word the training split lacks is hidden, from the
         // statistics too.
-        let dev = dev_features(&full, &data, None, None);
+        let dev = dev_features(&full, &data, None, None, 0);
         let keys: Vec<String> = "研究市场我们".chars().map(String::from).collect();
         let pairs = FeatureSpec::bigram_pairs(&keys);
         assert_eq!(
@@ -159,7 +161,7 @@ mod tests {
         assert!(all.contains("我们") && all.contains("学习"));
         assert!(!all.contains("研究") && !all.contains("经济") && !all.contains("市场"));
         // 7 dev tokens: a 0.25 target hides words until 2 tokens are out.
-        let some = lexicon(dev_features(&full, &data, Some(0.25), None));
+        let some = lexicon(dev_features(&full, &data, Some(0.25), None, 0));
         let hidden: usize = ["研究", "经济", "市场"]
             .iter()
             .filter(|w| !some.contains(w))
@@ -168,12 +170,12 @@ mod tests {
         assert!((2..=3).contains(&hidden), "{hidden} tokens hidden");
         assert!(some.contains("我们"));
         assert_eq!(
-            lexicon(dev_features(&full, &data, Some(0.0), None)).len(),
+            lexicon(dev_features(&full, &data, Some(0.0), None, 0)).len(),
             listed.len()
         );
         // With a reference list only the dev-only words it lacks are hidden.
         let reference: HashSet<String> = ["研究".to_string()].into();
-        let rare = lexicon(dev_features(&full, &data, None, Some(&reference)));
+        let rare = lexicon(dev_features(&full, &data, None, Some(&reference), 0));
         assert!(rare.contains("研究") && rare.contains("我们"));
         assert!(!rare.contains("经济") && !rare.contains("市场"));
     }

@@ -198,7 +198,8 @@ pub(crate) struct Trainer<'a> {
     stepper: step::Stepper,
     state: TrainerState,
     eval_every: u64,
-    words: Option<HashSet<String>>,
+    /// Each corpus's training word list (OOV figures of its dev scores).
+    words: Vec<Option<HashSet<String>>>,
     biases: Vec<f32>,
     log: state::MetricsLog,
     progress: Progress<'a>,
@@ -219,7 +220,9 @@ impl<'a> Trainer<'a> {
         progress: Progress<'a>,
     ) -> Result<Self> {
         let resumed = resume_from.map(state::read_state).transpose()?;
-        let words = cfg.words.as_deref().map(read_word_set).transpose()?;
+        let words = (cfg.corpora().iter())
+            .map(|c| c.words.map(read_word_set).transpose())
+            .collect::<Result<Vec<_>>>()?;
         let mut tagger = build::build_tagger(cfg, &data, resume_from, progress)?;
         if !tagger.device.is_cpu() {
             // Dropout masks are drawn on the device there; seed its generator.
@@ -239,7 +242,14 @@ impl<'a> Trainer<'a> {
             &tagger.features,
             Perturb::default(),
         );
-        let mut soft = soft::SoftTargets::new(cfg, &tagger, copies, &data.train, &train_windows)?;
+        let mut soft = soft::SoftTargets::new(
+            cfg,
+            &tagger,
+            copies,
+            &data.train,
+            &data.standard_of,
+            &train_windows,
+        )?;
         let raw_lengths = soft.raw_lengths()?;
         let lengths = Self::lengths(&train_windows, &raw_lengths);
         let per_epoch = lengths.len().div_ceil(cfg.batch_size) as u64;
@@ -324,12 +334,20 @@ impl<'a> Trainer<'a> {
     /// The dev lexicon (some dev-only words hidden), saved for inspection as
     /// the lists dev scores were measured with.
     fn dev_view(cfg: &TrainConfig, data: &Data, full: &FeatureSpec) -> Result<FeatureSpec> {
-        let reference = cfg
-            .dev_oov_reference
-            .as_deref()
-            .map(read_word_set)
-            .transpose()?;
-        let dev = eval::dev_features(full, data, cfg.dev_oov_rate, reference.as_ref());
+        let corpora = cfg.corpora();
+        let mut dev = full.clone();
+        for (k, corpus) in corpora.iter().enumerate() {
+            let reference = corpus.dev_oov_reference.map(read_word_set).transpose()?;
+            let own = (corpora.len() > 1).then(|| data.of_standard(k));
+            let rate = corpus.dev_oov_rate;
+            dev = eval::dev_features(
+                &dev,
+                own.as_ref().unwrap_or(data),
+                rate,
+                reference.as_ref(),
+                k,
+            );
+        }
         if let Some(lexicon) = &dev.lexicon {
             lexicon.save(&cfg.output_dir.join("dev-lexicon.safetensors"))?;
         }
@@ -421,23 +439,28 @@ impl<'a> Trainer<'a> {
     /// always (with what `--resume` needs).
     pub(super) fn evaluate_and_save(&mut self) -> Result<Counts> {
         let t0 = Instant::now();
-        let (c, bias) = eval::evaluate(
-            &self.tagger,
-            &self.data.dev,
-            self.words.as_ref(),
-            &self.biases,
-        )?;
-        if self.cfg.tune_boundary_bias {
-            self.tagger.config.cws.boundary_bias = Some(bias);
-        }
-        let f1 = c.f1();
+        let (c, f1, bias) = if self.words.len() == 1 {
+            let (c, bias) = eval::evaluate(
+                &self.tagger,
+                &self.data.dev,
+                self.words[0].as_ref(),
+                &self.biases,
+            )?;
+            if self.cfg.tune_boundary_bias {
+                self.tagger.config.cws.boundary_bias = Some(bias);
+            }
+            let f1 = c.f1();
+            (c, f1, serde_json::json!(bias))
+        } else {
+            self.evaluate_standards()?
+        };
         let improved = self.state.best_dev_f1.is_none_or(|b| f1 > b);
         if improved {
             self.state.best_dev_f1 = Some(f1);
         }
         self.log.write(serde_json::json!({
             "step": self.state.step, "epoch": self.state.epoch, "dev_f1": f1, "dev_precision": c.precision(),
-            "dev_recall": c.recall(), "dev_oov_recall": self.words.as_ref().map(|_| c.oov_recall()),
+            "dev_recall": c.recall(), "dev_oov_recall": self.words[0].as_ref().map(|_| c.oov_recall()),
             "boundary_bias": bias, "eval_seconds": t0.elapsed().as_secs_f64(), "elapsed_s": self.log.elapsed(), "best": improved,
         }))?;
         let dir = &self.cfg.output_dir;
@@ -446,6 +469,41 @@ impl<'a> Trainer<'a> {
         }
         self.save(&dir.join("last"), true)?;
         Ok(c)
+    }
+
+    /// A joint run's dev scores: each corpus's dev split by its own standard
+    /// (and bias, tuned per standard), reported; the summed counts, the mean
+    /// F1 the run selects on, and the biases.
+    fn evaluate_standards(&mut self) -> Result<(Counts, f64, serde_json::Value)> {
+        let mut all = Counts::default();
+        let (mut f1s, mut biases) = (Vec::new(), Vec::new());
+        for (k, words) in self.words.iter().enumerate() {
+            let dev = self.data.of_standard(k).dev;
+            self.tagger.features.standard = k;
+            let (c, bias) = eval::evaluate(&self.tagger, &dev, words.as_ref(), &self.biases)?;
+            if self.cfg.tune_boundary_bias {
+                self.tagger.config.cws.boundary_biases[k] = bias;
+            }
+            all.add(&c);
+            f1s.push(c.f1());
+            biases.push(bias);
+        }
+        self.tagger.features.standard = 0;
+        let mean = f1s.iter().sum::<f64>() / f1s.len() as f64;
+        let standards = &self.tagger.config.cws.standards;
+        let parts: Vec<String> = (standards.iter().zip(&f1s))
+            .map(|(s, f)| format!("{} {f:.4}", s.name()))
+            .collect();
+        self.progress.report(Event::Note(&format!(
+            "step {}: dev F1 by standard: {} (mean {mean:.4}, which the run selects on)",
+            self.state.step,
+            parts.join(", ")
+        )));
+        self.log.write(serde_json::json!({
+            "step": self.state.step,
+            "dev_f1_by_standard": standards.iter().map(|s| s.name()).zip(&f1s).collect::<std::collections::BTreeMap<_, _>>(),
+        }))?;
+        Ok((all, mean, serde_json::json!(biases)))
     }
 
     /// Saves the model being trained to `dest`, with the optimizer and

@@ -332,7 +332,7 @@ fn build(
     let mut chunk: Vec<(Vec<Unit>, Vec<String>)> = Vec::new();
     let label = |chunk: &mut Vec<(Vec<Unit>, Vec<String>)>, out: &mut AtomicFile| {
         let which: Vec<usize> = (0..chunk.len()).collect();
-        for p in mean_probs(teachers, chunk, &which)?.iter().flatten() {
+        for p in mean_probs(teachers, chunk, &which, &[])?.iter().flatten() {
             for x in p {
                 out.write_all(&x.to_le_bytes())?;
             }

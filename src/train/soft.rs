@@ -57,6 +57,7 @@ impl SoftTargets {
         student: &Tagger,
         copies: &[PathBuf],
         train: &[Vec<String>],
+        standard_of: &[usize],
         train_windows: &[Window],
     ) -> Result<Self> {
         let units: Vec<(Vec<Unit>, Vec<String>)> = train
@@ -89,7 +90,7 @@ impl SoftTargets {
                         &teachers,
                     )?);
                 }
-                (mean_probs(&teachers, &units, &all)?, weight)
+                (mean_probs(&teachers, &units, &all, &[])?, weight)
             }
             SoftSource::CrossFit { weight, .. } => {
                 let n = copies.len();
@@ -97,7 +98,8 @@ impl SoftTargets {
                 for (k, dir) in copies.iter().enumerate() {
                     let copy = load(dir, student)?;
                     let mine: Vec<usize> = (k..train.len()).step_by(n).collect();
-                    for (&i, p) in mine.iter().zip(unit_probs(&copy, &units, &mine)?) {
+                    let found = unit_probs(&copy, &units, &mine, standard_of)?;
+                    for (&i, p) in mine.iter().zip(found) {
                         probs[i] = p;
                     }
                 }
@@ -201,15 +203,17 @@ impl SoftTargets {
     }
 }
 
-/// The teachers' mean label probabilities for the sentences `which`.
+/// The teachers' mean label probabilities for the sentences `which` (of a
+/// joint model, sentence i by standard `standard_of[i]`).
 pub(super) fn mean_probs(
     teachers: &[Tagger],
     units: &[(Vec<Unit>, Vec<String>)],
     which: &[usize],
+    standard_of: &[usize],
 ) -> Result<Vec<Probs>> {
     let mut sum: Option<Vec<Probs>> = None;
     for teacher in teachers {
-        let probs = unit_probs(teacher, units, which)?;
+        let probs = unit_probs(teacher, units, which, standard_of)?;
         sum = Some(match sum {
             None => probs,
             Some(mut s) => {
@@ -245,17 +249,26 @@ fn add_into(sum: &mut [Probs], more: &[Probs]) {
 }
 
 /// The label probabilities `model` gives the units of the sentences `which`
-/// (reading them with its own vocabulary and features, in its own windows).
+/// (reading them with its own vocabulary and features, in its own windows;
+/// a joint model sentence i by standard `standard_of[i]`, or its own).
 fn unit_probs(
     model: &Tagger,
     units: &[(Vec<Unit>, Vec<String>)],
     which: &[usize],
+    standard_of: &[usize],
 ) -> Result<Vec<Probs>> {
     let seqs: Vec<Sequence> = which
         .iter()
-        .map(|&i| Sequence {
-            ids: model.vocab.unit_ids(&units[i].0),
-            features: model.features.compute(&units[i].1, None),
+        .map(|&i| {
+            let standard = standard_of.get(i).copied();
+            Sequence {
+                ids: model.vocab.unit_ids(&units[i].0),
+                features: model.features.compute_for(
+                    &units[i].1,
+                    None,
+                    standard.unwrap_or(model.features.standard),
+                ),
+            }
         })
         .collect();
     Ok(model
