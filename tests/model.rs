@@ -593,6 +593,29 @@ fn config_extensions_are_typed_and_round_trip() {
     assert!(cfg.extra.keys().all(|k| !k.starts_with("cws_")));
     assert_eq!(cfg.to_json_string().unwrap(), text);
 
+    // A joint model's keys, typed and written back in their sorted places.
+    let bias_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("\"cws_boundary_bias\""))
+        .unwrap();
+    let joint = text
+        .replacen(
+            bias_line,
+            &format!("{bias_line}\n  \"cws_boundary_biases\": [\n    1.0,\n    1.5\n  ],"),
+            1,
+        )
+        .replacen(
+            "\"cws_standard\": \"pku\"",
+            "\"cws_standard_input\": \"token\",\n  \"cws_standards\": [\n    \"pku\",\n    \"msr\"\n  ]",
+            1,
+        );
+    let cfg = BertConfig::from_json_str(&joint).unwrap();
+    use cws::model::{Standard, StandardInput};
+    assert_eq!(cfg.cws.standards, [Standard::Pku, Standard::Msr]);
+    assert_eq!(cfg.cws.boundary_biases, [1.0, 1.5]);
+    assert_eq!(cfg.cws.standard_input, StandardInput::Token);
+    assert_eq!(cfg.to_json_string().unwrap(), joint);
+
     let bad = text.replace(
         "\"cws_bigram_buckets\": 20000",
         "\"cws_bigram_buckets\": \"many\"",
