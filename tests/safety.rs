@@ -334,6 +334,52 @@ fn metric_steps(run: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// `--overwrite` starts a run again but keeps the teachers' labels of its raw
+/// text while the teachers and the text are the same; a retrained teacher
+/// (same config, same size of weights) labels it again.
+#[test]
+fn overwrite_keeps_raw_text_labels_only_while_the_teacher_is_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let here = tmp.path();
+    let train = |name: &str, extra: &str, more: &[&str]| {
+        let cfg = tiny_config(here, name, extra);
+        let mut args = vec!["--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(more);
+        let out = train_cmd(here, &args).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    train("teacher", "max_steps = 4\n", &[]);
+    train("other", "max_steps = 4\nseed = 5\n", &[]);
+    let raw: String = crate::training::corpus(20).replace(' ', "");
+    write_file(&here.join("data"), "raw.txt", raw.as_bytes());
+    let student = "max_steps = 3\ndistill_from = [\"../runs/teacher/last\"]\n\
+                   distill_text = [\"../data/raw.txt\"]\n";
+    train("student", student, &[]);
+    let run = here.join("runs/student");
+    let cache = run.join("distill-text.safetensors");
+    let (labels, made) = (
+        std::fs::read(&cache).unwrap(),
+        std::fs::metadata(&cache).unwrap().modified().unwrap(),
+    );
+    let weights = std::fs::read(run.join("last/model.safetensors")).unwrap();
+    train("student", student, &["--overwrite"]);
+    assert_eq!(std::fs::metadata(&cache).unwrap().modified().unwrap(), made);
+    assert_eq!(
+        std::fs::read(run.join("last/model.safetensors")).unwrap(),
+        weights
+    );
+    // The teacher retrained: its files have the same size, its labels differ.
+    let teacher = here.join("runs/teacher/last/model.safetensors");
+    let retrained = std::fs::read(here.join("runs/other/last/model.safetensors")).unwrap();
+    assert_eq!(
+        retrained.len() as u64,
+        std::fs::metadata(&teacher).unwrap().len()
+    );
+    std::fs::write(&teacher, retrained).unwrap();
+    train("student", student, &["--overwrite"]);
+    assert_ne!(std::fs::read(&cache).unwrap(), labels);
+}
+
 #[test]
 fn configs_resolve_paths_from_their_own_folder_and_reruns_are_explicit() {
     let tmp = tempfile::tempdir().unwrap();

@@ -269,7 +269,10 @@ const RUN_ENTRIES: [&str; 8] = [
 ];
 
 /// Checks (before anything is written) that the run may use its output
-/// folder, and with `--overwrite` deletes the earlier run's own entries.
+/// folder, and with `--overwrite` deletes the earlier run's own entries but
+/// the teachers' labels of `distill_text` (hours of a large teacher's time;
+/// the run checks that they were made from the same teachers and text, and
+/// labels the text again if not).
 pub fn prepare_output_dir(dir: &Path, args: &Args) -> Result<()> {
     if dir.file_name().is_none() {
         bail!(
@@ -290,7 +293,8 @@ pub fn prepare_output_dir(dir: &Path, args: &Args) -> Result<()> {
             dir.display()
         ),
         (true, false, true) => {
-            for entry in RUN_ENTRIES {
+            let kept = crate::train::DISTILL_TEXT_CACHE;
+            for entry in RUN_ENTRIES.into_iter().filter(|&e| e != kept) {
                 let p = dir.join(entry);
                 if p.is_dir() {
                     std::fs::remove_dir_all(&p)

@@ -247,34 +247,40 @@ impl RawText {
 }
 
 /// What the cached labels depend on: the teachers (their folders' config
-/// and weights' size), the text's bytes and the window size.
+/// and weights), the text's bytes and the window size.
 fn fingerprint(files: &[PathBuf], max_units: usize, models: &[PathBuf]) -> Result<u64> {
     let mut parts = vec![CACHE_VERSION.to_string(), max_units.to_string()];
     for dir in models {
         let config = std::fs::read_to_string(dir.join(crate::model_dir::CONFIG_FILE))
             .with_context(|| format!("reading the teacher {}", dir.display()))?;
-        let weights = std::fs::metadata(dir.join(crate::model_dir::WEIGHTS_FILE))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        // The weights' content: a retrained teacher has the same size.
+        let weights = dir.join(crate::model_dir::WEIGHTS_FILE);
+        let weights = match weights.is_file() {
+            true => content_hash(&weights)?,
+            false => 0,
+        };
         parts.push(format!("{}\u{1}{config}\u{1}{weights}", dir.display()));
     }
     for path in files {
-        let mut file =
-            File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut h = crate::features::Fnv::new();
-        let mut block = vec![0u8; 1 << 16];
-        loop {
-            let n = file
-                .read(&mut block)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            h.push_bytes(&block[..n]);
-        }
-        parts.push(format!("{}\u{1}{}", path.display(), h.finish()));
+        parts.push(format!("{}\u{1}{}", path.display(), content_hash(path)?));
     }
     Ok(hash_keys(&parts))
+}
+
+/// FNV-1a of a file's bytes, read in blocks.
+fn content_hash(path: &Path) -> Result<u64> {
+    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = crate::features::Fnv::new();
+    let mut block = vec![0u8; 1 << 16];
+    loop {
+        let n = file
+            .read(&mut block)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.push_bytes(&block[..n]);
+    }
 }
 
 /// Calls `each` with every non-blank line of `files`: the file's index, the
