@@ -489,6 +489,30 @@ fn joint_model_round_trip(input: cws::model::StandardInput) {
         out.split_whitespace().count()
     });
 
+    // A config whose biases do not match its standards, or (token form) a
+    // vocabulary without the standard's token, is an error naming it.
+    let config = model.join("config.json");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let mut broken: serde_json::Value = serde_json::from_str(&good).unwrap();
+    broken["cws_boundary_biases"] = serde_json::json!([0.0]);
+    std::fs::write(&config, broken.to_string()).unwrap();
+    let out = run_cws(&["segment", "--model", model.to_str().unwrap()], b"x\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cws_boundary_biases"),
+        "{err}"
+    );
+    std::fs::write(&config, &good).unwrap();
+    if input == StandardInput::Token {
+        let vocab_file = model.join("vocab.txt");
+        let renamed = vocab.replace("[MSR]", "[XYZ]");
+        std::fs::write(&vocab_file, renamed).unwrap();
+        let out = run_cws(&["segment", "--model", model.to_str().unwrap()], b"x\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("[MSR]"), "{err}");
+        std::fs::write(&vocab_file, &vocab).unwrap();
+    }
+
     // Scored on the second standard's text, reading by it wins.
     let gold = write_file(
         tmp.path(),
