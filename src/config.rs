@@ -62,6 +62,11 @@ pub struct TrainConfig {
     /// while this one points at words it lacks. Fresh models only; saved
     /// hashed with the model as general_lexicon.safetensors.
     pub general_lexicon: Option<PathBuf>,
+    /// With `general_lexicon`: leave out its entries whose frequency (the
+    /// second field, as jieba's dictionary gives it) is below this (entries
+    /// without one stay); 0 = every entry.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub general_lexicon_min_frequency: f64,
     /// With `general_lexicon`: also read its word-list statistics (as
     /// `lexicon_stats` does for `lexicon`), saved as
     /// general_liststats.safetensors.
@@ -485,6 +490,14 @@ impl TrainConfig {
         }
         if self.lexicon_stats && self.lexicon.is_none() {
             bail!("lexicon_stats needs a `lexicon` word list");
+        }
+        if !(self.general_lexicon_min_frequency >= 0.0
+            && self.general_lexicon_min_frequency.is_finite())
+        {
+            bail!(
+                "general_lexicon_min_frequency must be 0 or more (found {})",
+                self.general_lexicon_min_frequency
+            );
         }
         if self.general_lexicon_stats && self.general_lexicon.is_none() {
             bail!("general_lexicon_stats needs a `general_lexicon` word list");

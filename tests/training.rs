@@ -301,9 +301,12 @@ fn lexicon_model_round_trip(stats: bool) {
     let lex = write_file(tmp.path(), "words.txt", "研究生\n计算机\n".as_bytes());
     cfg.lexicon = Some(lex);
     // A general list in jieba's format, with statistics when the lexicon has them.
-    let general = "研究 100 vn\n计算机 50 n\n国际 20 n\n我们 30\n".as_bytes();
+    // Entries under the minimum frequency are left out (国际), those without
+    // one stay (经济).
+    let general = "研究 100 vn\n计算机 50 n\n国际 20 n\n我们 30\n经济\n".as_bytes();
     cfg.general_lexicon = Some(write_file(tmp.path(), "general.txt", general));
     cfg.general_lexicon_stats = stats;
+    cfg.general_lexicon_min_frequency = 25.0;
     cfg.bigram_buckets = 64;
     cfg.unit_dropout = 0.1;
     cfg.heldout_folds = 3;
@@ -320,7 +323,15 @@ fn lexicon_model_round_trip(stats: bool) {
     assert_eq!(hf["cws_lexicon_features"], width);
     assert_eq!(model.join("liststats.safetensors").is_file(), stats);
     assert_eq!(hf["cws_general_lexicon_features"], width);
-    assert!(model.join("general_lexicon.safetensors").is_file());
+    let general = cws::features::Lexicon::load(&model.join("general_lexicon.safetensors")).unwrap();
+    for (w, kept) in [
+        ("研究", true),
+        ("我们", true),
+        ("经济", true),
+        ("国际", false),
+    ] {
+        assert_eq!(general.contains(w), kept, "{w}");
+    }
     assert_eq!(model.join("general_liststats.safetensors").is_file(), stats);
     let weights =
         candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
@@ -702,6 +713,7 @@ fn every_config_field_is_settable_from_the_command_line() {
         ("lexicon_stats", "true"),
         ("general_lexicon", "\"general.txt\""),
         ("general_lexicon_stats", "true"),
+        ("general_lexicon_min_frequency", "5.0"),
         ("standard", "\"msr\""),
         ("joint_standard_input", "\"token\""),
         (

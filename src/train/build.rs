@@ -196,8 +196,13 @@ fn fresh_features(
     };
     let (general_lexicon, general_stats) = match &cfg.general_lexicon {
         Some(path) => {
+            let min = cfg.general_lexicon_min_frequency;
             let listed = crate::corpus::read_word_list(path)?;
-            let words = || listed.iter().map(|(w, _)| w);
+            let words = || {
+                (listed.iter())
+                    .filter(|(_, f)| f.is_none_or(|f| f >= min))
+                    .map(|(w, _)| w)
+            };
             let stats = cfg
                 .general_lexicon_stats
                 .then(|| crate::features::ListStats::from_words(words()));
