@@ -200,7 +200,7 @@ fn fresh_features(
             let listed = crate::corpus::read_word_list(path)?;
             let words = || {
                 (listed.iter())
-                    .filter(|(_, f)| f.is_none_or(|f| f >= min))
+                    .filter(|(_, f)| min == 0.0 || f.is_none_or(|f| f >= min))
                     .map(|(w, _)| w)
             };
             let stats = cfg
