@@ -29,23 +29,27 @@ pub struct Data {
     pub dev_standard: Vec<usize>,
 }
 
+/// The items of `all` whose corpus (in `of`, 0 where it is short) is `standard`.
+fn of_corpus<T: Clone>(all: &[T], of: &[usize], standard: usize) -> Vec<T> {
+    (all.iter().enumerate())
+        .filter(|&(i, _)| of.get(i).copied().unwrap_or(0) == standard)
+        .map(|(_, s)| s.clone())
+        .collect()
+}
+
 impl Data {
     /// The training and dev sentences of corpus `standard` alone.
     pub(super) fn of_standard(&self, standard: usize) -> Data {
-        let pick = |of: &[usize], i: usize| of.get(i).copied().unwrap_or(0) == standard;
         Data {
-            train: (self.train.iter().enumerate())
-                .filter(|&(i, _)| pick(&self.standard_of, i))
-                .map(|(_, s)| s.clone())
-                .collect(),
-            dev: (self.dev.iter().enumerate())
-                .filter(|&(i, _)| pick(&self.dev_standard, i))
-                .map(|(_, s)| s.clone())
-                .collect(),
-            inner_boundaries: 0,
-            standard_of: Vec::new(),
-            dev_standard: Vec::new(),
+            train: of_corpus(&self.train, &self.standard_of, standard),
+            dev: self.dev_of(standard),
+            ..Data::default()
         }
+    }
+
+    /// The dev sentences of corpus `standard`.
+    pub(super) fn dev_of(&self, standard: usize) -> Vec<Sentence> {
+        of_corpus(&self.dev, &self.dev_standard, standard)
     }
 }
 

@@ -478,7 +478,7 @@ impl<'a> Trainer<'a> {
         let mut all = Counts::default();
         let (mut f1s, mut biases) = (Vec::new(), Vec::new());
         for (k, words) in self.words.iter().enumerate() {
-            let dev = self.data.of_standard(k).dev;
+            let dev = self.data.dev_of(k);
             self.tagger.features.standard = k;
             let (c, bias) = eval::evaluate(&self.tagger, &dev, words.as_ref(), &self.biases)?;
             if self.cfg.tune_boundary_bias {
