@@ -66,6 +66,16 @@ pub enum Matmul {
     Candle,
 }
 
+/// How a training step runs the encoder layers on the CPU: the hand-written
+/// forward and backward of `model::encoder` (where it applies), or candle's
+/// ops and autograd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoder {
+    Fused,
+    Graph,
+}
+
 /// What one measurement found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
@@ -74,6 +84,7 @@ pub struct Measurement {
     pub shape: Shape,
     /// The matmul path that ran: the BLAS library's name, or "candle".
     pub matmul: String,
+    pub encoder: Encoder,
     pub device: String,
     pub dtype: String,
     pub batch: usize,
@@ -136,6 +147,7 @@ pub struct Case {
     /// A training step, else an inference forward pass.
     pub train: bool,
     pub matmul: Matmul,
+    pub encoder: Encoder,
     pub batch: usize,
     pub seq: usize,
     /// Untimed steps before the timed ones.
@@ -160,6 +172,7 @@ pub fn measure(case: Case, device: &Device) -> Result<Measurement> {
         shape,
         train,
         matmul,
+        encoder,
         batch: batch_size,
         seq,
         warmup,
@@ -177,7 +190,8 @@ pub fn measure(case: Case, device: &Device) -> Result<Measurement> {
     };
     let cfg = shape.config();
     let varmap = VarMap::new();
-    let model = BertForTokenClassification::new_random(&varmap, &cfg, 0, dtype, device)?;
+    let mut model = BertForTokenClassification::new_random(&varmap, &cfg, 0, dtype, device)?;
+    model.set_graph_encoder(encoder == Encoder::Graph);
     let (ids, mask, labels) = batch(&cfg, batch_size, seq, device)?;
     let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
     let vars = opt.vars();
@@ -223,6 +237,7 @@ pub fn measure(case: Case, device: &Device) -> Result<Measurement> {
         mode: if train { "train" } else { "infer" },
         shape,
         matmul: matmul_name,
+        encoder,
         device: format!("{device:?}"),
         dtype: format!("{dtype:?}").to_lowercase(),
         batch: batch_size,

@@ -502,6 +502,56 @@ pub(crate) fn gemm(
     Ok(())
 }
 
+/// `c = alpha * a @ b + beta * c` for a whole contiguous `[a.rows, b.cols]`
+/// output, cut over rayon's threads as [`split_plan`] says (the same bits on
+/// any number of them): for code that manages its own buffers and runs one
+/// big product at a time (the training encoder).
+pub(crate) fn gemm_split(
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    beta: f32,
+    c: &mut [f32],
+) -> Result<()> {
+    let f = loaded()?;
+    let (am, bm) = (a.mat()?, b.mat()?);
+    let (m, n) = (a.rows, b.cols);
+    if a.cols != b.rows || c.len() != m * n {
+        candle_core::bail!(
+            "blas gemm: [{m}, {}] @ [{}, {n}] into {} elements",
+            a.cols,
+            b.rows,
+            c.len()
+        );
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    gemm_batched(f, alpha, a.data, &[am], b.data, &[bm], beta, c);
+    Ok(())
+}
+
+/// Column sums of a row-major `[n, d]` matrix (a bias gradient), summed in
+/// fixed blocks of rows joined in a fixed order: the same bits on any number
+/// of threads.
+pub(crate) fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
+    let rows = (16 * 1024 / d.max(1)).max(1);
+    let blocks: Vec<Vec<f32>> = g
+        .par_chunks(rows * d.max(1))
+        .map(|block| {
+            let mut acc = vec![0f32; d];
+            for row in block.chunks(d) {
+                acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            }
+            acc
+        })
+        .collect();
+    crate::fused::ordered_reduce(blocks, &|| vec![0f32; d], &|mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    })
+}
+
 fn f32_slice(s: &CpuStorage) -> Result<&[f32]> {
     s.as_slice::<f32>()
 }
@@ -707,22 +757,7 @@ impl CustomOp1 for ColumnSums {
             None => candle_core::bail!("column sums need a contiguous input"),
         };
         let d = l.dims()[1];
-        let rows = (16 * 1024 / d.max(1)).max(1);
-        // Per-block sums in parallel, joined in a fixed order (see ordered_reduce).
-        let blocks: Vec<Vec<f32>> = g
-            .par_chunks(rows * d.max(1))
-            .map(|block| {
-                let mut acc = vec![0f32; d];
-                for row in block.chunks(d) {
-                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
-                }
-                acc
-            })
-            .collect();
-        let sums = crate::fused::ordered_reduce(blocks, &|| vec![0f32; d], &|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        });
+        let sums = column_sums(g, d);
         Ok((CpuStorage::F32(sums), Shape::from(d)))
     }
 }
@@ -730,7 +765,7 @@ impl CustomOp1 for ColumnSums {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::under_threads;
+    use crate::fused::under_threads;
     use rand::{Rng, SeedableRng};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {

@@ -215,6 +215,16 @@ impl CustomOp1 for SoftmaxLast {
     }
 }
 
+/// `o = s * (g - sum(g * s))` for one row: the gradient of a softmax's input
+/// from its output `s` and the output's gradient `g`.
+#[inline]
+pub(crate) fn softmax_grad_row(s: &[f32], g: &[f32], o: &mut [f32]) {
+    let dot: f32 = s.iter().zip(g).map(|(s, g)| s * g).sum();
+    for ((o, &s), &g) in o.iter_mut().zip(s).zip(g) {
+        *o = s * (g - dot);
+    }
+}
+
 /// `s * (g - sum(g * s))` per row, from softmax output `s` and its gradient `g`.
 struct SoftmaxGrad;
 
@@ -238,10 +248,7 @@ impl CustomOp2 for SoftmaxGrad {
             .zip(s.par_chunks(rows).zip(g.par_chunks(rows)))
             .for_each(|(o, (s, g))| {
                 for ((o, s), g) in o.chunks_mut(d).zip(s.chunks(d)).zip(g.chunks(d)) {
-                    let dot: f32 = s.iter().zip(g).map(|(s, g)| s * g).sum();
-                    for ((o, &s), &g) in o.iter_mut().zip(s).zip(g) {
-                        *o = s * (g - dot);
-                    }
+                    softmax_grad_row(s, g, o);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -427,6 +434,16 @@ impl CustomOp1 for GeluErf {
     }
 }
 
+/// `g * (Phi(x) + x * phi(x))`: `g` times the derivative of `x * Phi(x)`.
+#[inline]
+pub(crate) fn gelu_erf_grad_value(x: f32, g: f32) -> f32 {
+    // 1/sqrt(2*pi)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+    g * (cdf + x * pdf)
+}
+
 /// `g * (Phi(x) + x * phi(x))`, the derivative of `x * Phi(x)`.
 struct GeluErfGrad;
 
@@ -443,16 +460,12 @@ impl CustomOp2 for GeluErfGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (slice(s1, l1)?, slice(s2, l2)?);
-        // 1/sqrt(2*pi)
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(o, (x, g))| {
                 for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
-                    *o = g * (cdf + x * pdf);
+                    *o = gelu_erf_grad_value(x, g);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -483,6 +496,71 @@ pub(crate) fn layer_norm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f64)
     for ((x, &w), &b) in x.iter_mut().zip(w).zip(b) {
         *x = (*x - mean) * rstd * w + b;
     }
+}
+
+/// [`layer_norm_in_place`] that also keeps what its backward needs: the
+/// normalised row `(x - mean) / std` in `xhat`; returns 1/std. The same bits
+/// as `layer_norm_in_place`.
+#[inline]
+pub(crate) fn layer_norm_saving(
+    x: &mut [f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f64,
+    xhat: &mut [f32],
+) -> f32 {
+    let (mean, rstd) = row_stats(x, eps);
+    for (((x, h), &w), &b) in x.iter_mut().zip(xhat.iter_mut()).zip(w).zip(b) {
+        *h = (*x - mean) * rstd;
+        *x = *h * w + b;
+    }
+    rstd
+}
+
+/// LayerNorm's backward over the rows of `dy` (`[n, d]`, `d = w.len()`):
+/// writes dx and returns (dw, db). `normed(i, xhat)` fills row `i`'s
+/// normalised input and returns its 1/std. Rows run in parallel in fixed
+/// chunks whose partial dw/db are added in chunk order, so the result has the
+/// same bits on any number of threads.
+pub(crate) fn layer_norm_grad_rows(
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    normed: impl Fn(usize, &mut [f32]) -> f32 + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let rows = (CHUNK / d.max(1)).max(1);
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(rows * d)
+        .zip(dy.par_chunks(rows * d))
+        .enumerate()
+        .map(|(c, (dx, dy))| {
+            let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+            let mut xhat = vec![0f32; d];
+            for (r, (dx, dy)) in dx.chunks_mut(d).zip(dy.chunks(d)).enumerate() {
+                let rstd = normed(c * rows + r, &mut xhat);
+                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                for i in 0..d {
+                    let g = dy[i] * w[i];
+                    sum_g += g;
+                    sum_gx += g * xhat[i];
+                    dw[i] += dy[i] * xhat[i];
+                    db[i] += dy[i];
+                }
+                let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
+                for i in 0..d {
+                    dx[i] = rstd * (dy[i] * w[i] - mg - xhat[i] * mgx);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+    for (pw, pb) in partials {
+        dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+    }
+    (dw, db)
 }
 
 /// Mean and 1/std of one row, in f64 so long rows do not lose precision.
@@ -584,37 +662,16 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         let n = x.len() / d;
         let mut out = vec![0f32; (n + 2) * d];
         let (dx, wb) = out.split_at_mut(n * d);
-        let rows = (CHUNK / d.max(1)).max(1) * d;
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(rows)
-            .zip(x.par_chunks(rows).zip(dy.par_chunks(rows)))
-            .map(|(dx, (x, dy))| {
-                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-                let mut xhat = vec![0f32; d];
-                for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)) {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for i in 0..d {
-                        xhat[i] = (x[i] - mean) * rstd;
-                        let g = dy[i] * w[i];
-                        sum_g += g;
-                        sum_gx += g * xhat[i];
-                        dw[i] += dy[i] * xhat[i];
-                        db[i] += dy[i];
-                    }
-                    let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
-                    for i in 0..d {
-                        dx[i] = rstd * (dy[i] * w[i] - mg - xhat[i] * mgx);
-                    }
-                }
-                (dw, db)
-            })
-            .collect();
-        let (dw, db) = wb.split_at_mut(d);
-        for (pw, pb) in partials {
-            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
-        }
+        let (dw, db) = layer_norm_grad_rows(w, dy, dx, |i, xhat| {
+            let x = &x[i * d..(i + 1) * d];
+            let (mean, rstd) = row_stats(x, self.eps);
+            for (h, &x) in xhat.iter_mut().zip(x) {
+                *h = (x - mean) * rstd;
+            }
+            rstd
+        });
+        wb[..d].copy_from_slice(&dw);
+        wb[d..].copy_from_slice(&db);
         Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
     }
 }
@@ -645,6 +702,16 @@ impl CustomOp1 for SumSquares {
         let total = ordered_reduce(partials, &|| 0.0, &|a, b| a + b);
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
     }
+}
+
+/// Runs `f` in a fresh rayon pool of `n` threads: for checks that a kernel
+/// gives the same bits on any number of them.
+pub fn under_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .expect("a rayon pool")
+        .install(f)
 }
 
 /// How many times [`ordered_reduce`] halves its partials (at most 8 groups).
@@ -725,15 +792,6 @@ pub(crate) mod tests {
             unsafe { map_avx2(&mut avx2, gelu_erf_value) };
             assert_eq!(avx2, scalar);
         }
-    }
-
-    /// Runs `f` in a rayon pool of `n` threads.
-    pub(crate) fn under_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
-            .install(f)
     }
 
     #[test]

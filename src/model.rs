@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crf::Crf;
 
+mod encoder;
 mod infer;
 
 /// HF `config.json` of a BERT model. Keys we do not use are kept in `extra` so a
@@ -389,20 +390,32 @@ impl DropoutRng {
             let mask = (keep.to_dtype(x.dtype())? * (1.0 / (1.0 - p)))?;
             return plus(x.mul(&mask)?);
         }
-        let n = x.elem_count();
-        // Comparing raw 32-bit draws against a threshold avoids a float conversion per unit.
-        let threshold = (p * 4294967296.0) as u64;
-        let scale = (1.0 / (1.0 - p)) as f32;
-        let mut mask = Vec::with_capacity(n);
-        while mask.len() < n {
-            let r: u64 = self.rng.random();
-            for half in [r & 0xffff_ffff, r >> 32] {
-                if mask.len() < n {
-                    mask.push(if half >= threshold { scale } else { 0.0 });
-                }
-            }
-        }
+        let mut mask = vec![0f32; x.elem_count()];
+        fill_dropout_mask(&mut self.rng, p, &mut mask);
         crate::fused::dropout_add(x, mask, residual)
+    }
+
+    /// A seed for masks drawn elsewhere (the CPU training encoder draws each
+    /// sequence's masks from its own stream, in parallel and again in backward).
+    fn next_seed(&mut self) -> u64 {
+        self.rng.random()
+    }
+}
+
+/// Inverted-dropout factors: each element is 0 with probability `p` (to the
+/// nearest 1/65536), else 1/(1-p), from consecutive 16-bit quarters of
+/// `rng`'s 64-bit draws.
+fn fill_dropout_mask(rng: &mut rand::rngs::SmallRng, p: f64, mask: &mut [f32]) {
+    // Comparing raw 16-bit draws against a threshold avoids a float
+    // conversion per unit, and one draw serves four.
+    let threshold = (p * 65536.0).round() as u64;
+    let scale = (1.0 / (1.0 - p)) as f32;
+    for quad in mask.chunks_mut(4) {
+        let r: u64 = rng.random();
+        for (i, m) in quad.iter_mut().enumerate() {
+            let q = (r >> (16 * i)) & 0xffff;
+            *m = if q >= threshold { scale } else { 0.0 };
+        }
     }
 }
 
@@ -545,6 +558,11 @@ pub struct BertForTokenClassification {
     /// Dtype of the activations: the weights' dtype, or a half-precision dtype
     /// for mixed-precision training over f32 weights.
     compute: DType,
+    /// Gradients of the weights the CPU training path (`model::encoder`)
+    /// reads outside candle's graph, handed over by [`Self::backward`].
+    cpu_grads: encoder::GradSink,
+    /// Run the encoder as candle ops even where `model::encoder` applies.
+    graph_encoder: bool,
 }
 
 impl BertForTokenClassification {
@@ -633,6 +651,8 @@ impl BertForTokenClassification {
             attn_dropout: cfg.attention_probs_dropout_prob,
             classifier_dropout: cfg.classifier_dropout_prob(),
             pad_token_id: cfg.pad_token_id,
+            cpu_grads: encoder::GradSink::default(),
+            graph_encoder: false,
         })
     }
 
@@ -664,13 +684,23 @@ impl BertForTokenClassification {
         self.compute = dtype;
     }
 
+    /// Runs the word-embedding lookup and the encoder layers as candle ops
+    /// with candle's autograd (`true`) instead of the CPU training path of
+    /// `model::encoder`, where that one applies: for tests and measurements;
+    /// the results agree to rounding.
+    pub fn set_graph_encoder(&mut self, on: bool) {
+        self.graph_encoder = on;
+    }
+
     pub fn device(&self) -> &Device {
         self.word_embeddings.device()
     }
 
     /// Logits `[b, t, num_labels]` in the weights' dtype. `input_ids` is u32
     /// `[b, t]`, `attention_mask` any numeric dtype with 1 = attend, 0 = padding.
-    /// `dropout: Some(_)` is training mode.
+    /// `dropout: Some(_)` is training mode. Logits at padding positions are
+    /// not meaningful: the CPU path (`model::encoder`) never computes padding
+    /// rows and gives them the classifier's bias.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -726,7 +756,14 @@ impl BertForTokenClassification {
         }
         let h = self.word_embeddings.dim(1)?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
-        let mut words = self.word_embeddings.index_select(&ids, 0)?;
+        let lookup = match self.graph_encoder {
+            true => None,
+            false => encoder::lookup(self, &ids)?,
+        };
+        let mut words = match lookup {
+            Some(rows) => rows,
+            None => self.word_embeddings.index_select(&ids, 0)?,
+        };
         for (embeddings, bits, what) in [
             (&self.lexicon_embeddings, &features.lexicon, "lexicon"),
             (
@@ -765,9 +802,18 @@ impl BertForTokenClassification {
         let x = cast(&self.emb_ln.forward(&x)?, self.compute)?;
         let mut x = apply_dropout(&x, self.hidden_dropout, &mut dropout)?;
 
-        let bias = self.attention_bias(attention_mask, b, t)?;
-        for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &bias, b, t, &mut dropout)?;
+        let fused = match self.graph_encoder {
+            true => None,
+            false => encoder::run(self, &x, attention_mask, b, t, &mut dropout)?,
+        };
+        match fused {
+            Some(y) => x = y,
+            None => {
+                let bias = self.attention_bias(attention_mask, b, t)?;
+                for layer in &self.layers {
+                    x = self.layer_forward(layer, &x, &bias, b, t, &mut dropout)?;
+                }
+            }
         }
         let x = apply_dropout(&x, self.classifier_dropout, &mut dropout)?;
         let logits = self.classifier.forward(&x)?;
@@ -832,10 +878,20 @@ impl BertForTokenClassification {
             .forward(&dropout_add(&o, self.hidden_dropout, rng, &a)?)?)
     }
 
-    /// `loss.backward()` plus torch's `padding_idx` rule: the padding row of the
-    /// word embeddings never receives a gradient.
+    /// `loss.backward()` plus the gradients the CPU training path
+    /// (`model::encoder`) keeps out of candle's graph (the encoder's weights,
+    /// the word embeddings), and torch's `padding_idx` rule: the padding row
+    /// of the word embeddings never receives a gradient.
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        self.cpu_grads.take();
         let mut grads = loss.backward()?;
+        for (var, g) in self.cpu_grads.take() {
+            let g = match grads.remove(&var) {
+                Some(earlier) => (earlier + g)?,
+                None => g,
+            };
+            grads.insert(&var, g);
+        }
         if let Some(g) = grads.get(&self.word_embeddings) {
             if crate::fused::zero_row_in_place(g, self.pad_token_id)? {
                 return Ok(grads);

@@ -2,7 +2,7 @@
 //! segmentation, as JSON lines on stdout. docs/BENCHMARKS.md runs it next to
 //! the peers (PyTorch, jieba, pkuseg) measured by scripts/bench_peers.py.
 
-use crate::bench::{measure, peak_rss_mib, Case, Matmul, Shape, BATCH, SEQ};
+use crate::bench::{measure, peak_rss_mib, Case, Encoder, Matmul, Shape, BATCH, SEQ};
 use crate::commands::segment::set_threads;
 use crate::config::{open_device, parse_device};
 use crate::dict::Dictionary;
@@ -51,6 +51,11 @@ pub struct ModelArgs {
     /// only; repeat the flag to time both, one after the other.
     #[arg(long, value_enum, default_values = ["blas"])]
     pub matmul: Vec<Matmul>,
+    /// Training steps run the encoder layers through cws's hand-written
+    /// forward and backward (CPU, f32, BLAS) or through candle's ops and
+    /// autograd; repeat the flag to time both.
+    #[arg(long, value_enum, default_values = ["fused"])]
+    pub encoder: Vec<Encoder>,
     #[arg(long, default_value_t = BATCH)]
     pub batch: usize,
     #[arg(long, default_value_t = SEQ)]
@@ -122,20 +127,23 @@ fn run_model(a: ModelArgs) -> Result<()> {
     }
     for &shape in &a.shape {
         for &matmul in &a.matmul {
-            for &train in modes {
-                let case = Case {
-                    shape,
-                    train,
-                    matmul,
-                    batch: a.batch,
-                    seq: a.seq,
-                    warmup: a.warmup,
-                    steps: a.steps,
-                    dtype,
-                };
-                let m = measure(case, &device)?;
-                println!("{}", serde_json::to_string(&m)?);
-                report(&m);
+            for &encoder in &a.encoder {
+                for &train in modes {
+                    let case = Case {
+                        shape,
+                        train,
+                        matmul,
+                        encoder,
+                        batch: a.batch,
+                        seq: a.seq,
+                        warmup: a.warmup,
+                        steps: a.steps,
+                        dtype,
+                    };
+                    let m = measure(case, &device)?;
+                    println!("{}", serde_json::to_string(&m)?);
+                    report(&m);
+                }
             }
         }
     }
@@ -155,13 +163,14 @@ fn report(m: &crate::bench::Measurement) {
         None => String::new(),
     };
     eprintln!(
-        "cws {:5} {:5} {:>9.0} tokens/s  {:7.1} ms/step (median {:.1}{phases})  matmul {}  peak RSS {:.0} MiB",
+        "cws {:5} {:5} {:>9.0} tokens/s  {:7.1} ms/step (median {:.1}{phases})  matmul {}  encoder {:?}  peak RSS {:.0} MiB",
         m.mode,
         format!("{:?}", m.shape).to_lowercase(),
         m.tokens_per_s,
         m.seconds_per_step * 1e3,
         m.median_seconds_per_step * 1e3,
         m.matmul,
+        m.encoder,
         m.peak_rss_mib.unwrap_or(f64::NAN)
     );
 }

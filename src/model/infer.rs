@@ -33,7 +33,7 @@ pub(super) fn applies(model: &BertForTokenClassification) -> bool {
 }
 
 /// The slices of the model's weights, borrowed from their tensors' storage.
-struct Weights<'a> {
+pub(super) struct Weights<'a> {
     word: &'a [f32],
     position: &'a [f32],
     token_type: &'a [f32],
@@ -41,33 +41,33 @@ struct Weights<'a> {
     bigram: Option<&'a [f32]>,
     general: Option<&'a [f32]>,
     emb_ln: Norm<'a>,
-    layers: Vec<LayerWeights<'a>>,
+    pub(super) layers: Vec<LayerWeights<'a>>,
     classifier: Lin<'a>,
 }
 
-struct Lin<'a> {
+pub(super) struct Lin<'a> {
     /// `[out, inp]`, torch's layout.
-    w: &'a [f32],
-    b: &'a [f32],
-    inp: usize,
-    out: usize,
+    pub(super) w: &'a [f32],
+    pub(super) b: &'a [f32],
+    pub(super) inp: usize,
+    pub(super) out: usize,
 }
 
-struct Norm<'a> {
-    w: &'a [f32],
-    b: &'a [f32],
-    eps: f64,
+pub(super) struct Norm<'a> {
+    pub(super) w: &'a [f32],
+    pub(super) b: &'a [f32],
+    pub(super) eps: f64,
 }
 
-struct LayerWeights<'a> {
-    query: Lin<'a>,
-    key: Lin<'a>,
-    value: Lin<'a>,
-    attn_out: Lin<'a>,
-    attn_ln: Norm<'a>,
-    intermediate: Lin<'a>,
-    output: Lin<'a>,
-    out_ln: Norm<'a>,
+pub(super) struct LayerWeights<'a> {
+    pub(super) query: Lin<'a>,
+    pub(super) key: Lin<'a>,
+    pub(super) value: Lin<'a>,
+    pub(super) attn_out: Lin<'a>,
+    pub(super) attn_ln: Norm<'a>,
+    pub(super) intermediate: Lin<'a>,
+    pub(super) output: Lin<'a>,
+    pub(super) out_ln: Norm<'a>,
 }
 
 /// The inputs of one batch on the host, `[b, t]` (and `[b, t, k]`) row-major.
@@ -97,18 +97,36 @@ pub(super) fn logits(
     let Some(inputs) = read_inputs(model, input_ids, attention_mask, features, b, t)? else {
         return Ok(None);
     };
+    with_weights(model, |w| run_batch(model, w, &inputs, b, t))
+}
+
+/// Calls `f` with the slices of `model`'s weights (CPU f32 storage, held
+/// read-locked for the call).
+pub(super) fn with_weights<R>(
+    model: &BertForTokenClassification,
+    f: impl FnOnce(&Weights) -> Result<R>,
+) -> Result<R> {
     let tensors = tensors(model);
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
     let slices: Vec<&[f32]> = guards
         .iter()
         .map(|(storage, layout)| -> Result<&[f32]> {
             let Storage::Cpu(cpu) = &**storage else {
-                bail!("inference path: a weight is not on the CPU");
+                bail!("CPU path: a weight is not on the CPU");
             };
             Ok(crate::fused::slice(cpu, layout)?)
         })
         .collect::<Result<_>>()?;
-    let w = weights(model, &slices)?;
+    f(&weights(model, &slices)?)
+}
+
+fn run_batch(
+    model: &BertForTokenClassification,
+    w: &Weights,
+    inputs: &Inputs,
+    b: usize,
+    t: usize,
+) -> Result<Option<Tensor>> {
     let h = w.emb_ln.w.len();
     ensure!(
         t * h <= w.position.len(),
@@ -129,7 +147,7 @@ pub(super) fn logits(
     }
     let results: Vec<Vec<f32>> = parts
         .par_iter()
-        .map(|p| run_part(model, &w, &inputs, p.clone()))
+        .map(|p| run_part(model, w, inputs, p.clone()))
         .collect::<Result<_>>()?;
     let mut out = vec![0f32; b * t * labels];
     for (p, rows) in parts.iter().zip(results) {
@@ -152,22 +170,9 @@ fn read_inputs(
     b: usize,
     t: usize,
 ) -> Result<Option<Inputs>> {
-    ensure!(
-        attention_mask.dims() == [b, t],
-        "attention_mask must be [batch, seq] like input_ids"
-    );
-    let mask = attention_mask
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let mut lens = Vec::with_capacity(b);
-    for row in mask.chunks(t.max(1)).take(b) {
-        let len = row.iter().take_while(|&&m| m != 0.0).count();
-        if row[len..].iter().any(|&m| m != 0.0) {
-            return Ok(None);
-        }
-        lens.push(len);
-    }
+    let Some(lens) = attended_lens(attention_mask, b, t)? else {
+        return Ok(None);
+    };
     let ids = input_ids
         .to_dtype(DType::U32)?
         .flatten_all()?
@@ -224,6 +229,32 @@ fn read_inputs(
         bigrams,
         general,
     }))
+}
+
+/// The attended tokens of each sequence of a `[b, t]` mask; `None` unless
+/// each row is one run of 1s then 0s.
+pub(super) fn attended_lens(
+    attention_mask: &Tensor,
+    b: usize,
+    t: usize,
+) -> Result<Option<Vec<usize>>> {
+    ensure!(
+        attention_mask.dims() == [b, t],
+        "attention_mask must be [batch, seq] like input_ids"
+    );
+    let mask = attention_mask
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut lens = Vec::with_capacity(b);
+    for row in mask.chunks(t.max(1)).take(b) {
+        let len = row.iter().take_while(|&&m| m != 0.0).count();
+        if row[len..].iter().any(|&m| m != 0.0) {
+            return Ok(None);
+        }
+        lens.push(len);
+    }
+    Ok(Some(lens))
 }
 
 /// The model's weights in the order [`weights`] takes their slices.
