@@ -6,8 +6,9 @@
 //! needs no BLAS and a machine without one still works through candle's matmul.
 //! Every call runs OpenBLAS single-threaded inside rayon tasks: one thread pool
 //! (rayon's) owns the cores, instead of two pools spinning against each other.
-//! How a product is cut between tasks depends on its shape only ([`split_plan`]),
-//! so its bits do not depend on the number of threads.
+//! A product is cut into one block per thread ([`split_plan`]) on tile
+//! boundaries, where each output element is computed as one call computes
+//! it, so its bits do not depend on the number of threads.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -332,21 +333,33 @@ unsafe fn sgemm_one(
 const SPLIT_MIN_WORK: usize = 1 << 20;
 /// At most this many blocks, which spreads evenly over 2, 4 or 8 threads.
 const SPLIT_MAX_BLOCKS: usize = 8;
+
+/// The most blocks worth cutting a product into on rayon's current pool: one
+/// per thread (rounded up to a power of two), up to [`SPLIT_MAX_BLOCKS`].
+/// Every block packs all of the other operand again, so blocks beyond the
+/// threads only cost (on 2 threads, 8 blocks made a small training step 5%
+/// slower than 2).
+fn max_blocks() -> usize {
+    rayon::current_num_threads()
+        .next_power_of_two()
+        .min(SPLIT_MAX_BLOCKS)
+}
 /// Rows (columns) per block at least: each block packs all of the other
 /// operand again, which thin blocks would spend more time on than on products.
 const SPLIT_MIN_SIDE: usize = 64;
 
 /// How a single `[m, k] @ [k, n]` product is cut: along its rows if `m >= n`
-/// (else its columns) into `blocks` pieces, piece `i` starting at `i * step`
-/// and the last one running to the end; `blocks == 1` is one call.
+/// (else its columns) into `blocks` pieces (at most `max_blocks`), piece `i`
+/// starting at `i * step` and the last one running to the end; `blocks == 1`
+/// is one call.
 ///
-/// The cut depends on the shape only, never on the number of threads, so a
-/// product has the same bits on any number of them. It also keeps every
-/// output element computed as one call computes it (checked against single
-/// calls with OpenBLAS 0.3.21's SkylakeX kernels for the products training
-/// runs; see the tests): `step` is a multiple of 16, so blocks start on the
-/// kernels' tiles, and each block is big enough for OpenBLAS's regular path.
-fn split_plan(m: usize, n: usize, k: usize) -> (bool, usize, usize) {
+/// The cut keeps every output element computed as one call computes it
+/// (checked against single calls with OpenBLAS 0.3.21's SkylakeX kernels for
+/// the products training runs, cut for 1 to 8 threads; see the tests): `step`
+/// is a multiple of 16, so blocks start on the kernels' tiles, and each block
+/// is big enough for OpenBLAS's regular path. So a product has the same bits
+/// however many blocks the number of threads asks for.
+fn split_plan(m: usize, n: usize, k: usize, max_blocks: usize) -> (bool, usize, usize) {
     let along_rows = m >= n;
     let (len, other) = if along_rows { (m, n) } else { (n, m) };
     let line_work = (other * k).max(1);
@@ -354,7 +367,7 @@ fn split_plan(m: usize, n: usize, k: usize) -> (bool, usize, usize) {
         .div_ceil(line_work)
         .next_multiple_of(16)
         .max(SPLIT_MIN_SIDE);
-    let blocks = (len / min_side).min(SPLIT_MAX_BLOCKS);
+    let blocks = (len / min_side).min(max_blocks);
     if blocks < 2 {
         return (along_rows, len, 1);
     }
@@ -399,7 +412,7 @@ fn gemm_batched(
         return;
     }
     let (a, b) = (a[0], b[0]);
-    let (along_rows, step, blocks) = split_plan(m, n, a.cols);
+    let (along_rows, step, blocks) = split_plan(m, n, a.cols, max_blocks());
     if blocks == 1 {
         // SAFETY: c is the whole [m, n] output.
         unsafe { sgemm_one(f, alpha, a_data, a, b_data, b, beta, out.at(0), n) };
@@ -804,7 +817,7 @@ mod tests {
             (17, 9, 5),
             (0, 128, 128),
         ] {
-            let (along_rows, step, blocks) = split_plan(m, n, k);
+            let (along_rows, step, blocks) = split_plan(m, n, k, SPLIT_MAX_BLOCKS);
             let (len, other) = if along_rows { (m, n) } else { (n, m) };
             assert_eq!(along_rows, m >= n);
             assert!([1, 2, 4, 8].contains(&blocks), "{m}x{n}x{k}: {blocks}");
@@ -817,16 +830,19 @@ mod tests {
                 );
             }
         }
-        assert_eq!(split_plan(4096, 128, 128), (true, 512, 8));
-        assert_eq!(split_plan(4, 128, 4096), (false, 64, 2));
-        assert_eq!(split_plan(2048, 4, 128), (true, 2048, 1));
+        assert_eq!(split_plan(4096, 128, 128, 8), (true, 512, 8));
+        assert_eq!(split_plan(4096, 128, 128, 2), (true, 2048, 2));
+        assert_eq!(split_plan(4096, 128, 128, 1), (true, 4096, 1));
+        assert_eq!(split_plan(4, 128, 4096, 8), (false, 64, 2));
+        assert_eq!(split_plan(2048, 4, 128, 8), (true, 2048, 1));
     }
 
     /// With OpenBLAS present: the products a training step runs (forward
-    /// `x @ w^T + b`, backward `g @ w` and `g^T @ x`) give the same bits cut
-    /// into blocks as in one call, on any number of threads. One call is what
-    /// one thread ran before the cut became fixed, so weights trained then
-    /// (the bundled models) still reproduce.
+    /// `x @ w^T + b`, backward `g @ w` and `g^T @ x`, at the layer shapes of
+    /// the tiny and small models and the encoder's stacked q/k/v) give the
+    /// same bits cut into blocks as in one call, on 1, 2, 3 and 8 threads
+    /// (1, 2, 4 and 8 blocks). One call is what one thread ran before
+    /// products were cut, so weights trained then still reproduce.
     #[test]
     fn split_products_match_one_call() {
         let Some(f) = blas().map(|b| b.sgemm) else {
@@ -842,7 +858,16 @@ mod tests {
         };
         let mut split = 0;
         for rows in [256, 500, 1000, 2048, 2500, 3000, 4096] {
-            for (inp, out) in [(128, 128), (128, 512), (512, 128), (128, 4), (256, 1024)] {
+            for (inp, out) in [
+                (128, 128),
+                (128, 512),
+                (512, 128),
+                (128, 4),
+                (256, 1024),
+                (128, 384),
+                (256, 768),
+                (256, 256),
+            ] {
                 let x = random(rows * inp, 2);
                 let w = random(out * inp, 3);
                 let g: Vec<f32> = random(rows * out, 4).iter().map(|v| v * 1e-3).collect();
@@ -877,13 +902,13 @@ mod tests {
                 ];
                 for (ad, a, bd, b, beta, c0) in products {
                     let (m, n, k) = (a.rows, b.cols, a.cols);
-                    if split_plan(m, n, k).2 > 1 {
+                    if split_plan(m, n, k, SPLIT_MAX_BLOCKS).2 > 1 {
                         split += 1;
                     }
                     let mut one = c0.clone();
                     // SAFETY: one call writing all of `one`.
                     unsafe { sgemm_one(f, 1.0, ad, a, bd, b, beta, one.as_mut_ptr(), n) };
-                    for threads in [1, 2, 3] {
+                    for threads in [1, 2, 3, 8] {
                         let mut c = c0.clone();
                         under_threads(threads, || {
                             gemm_batched(f, 1.0, ad, &[a], bd, &[b], beta, &mut c)
@@ -896,7 +921,7 @@ mod tests {
                             differ.count(),
                             0,
                             "{m}x{k} @ {k}x{n} on {threads} threads, cut {:?}",
-                            split_plan(m, n, k)
+                            split_plan(m, n, k, threads.next_power_of_two())
                         );
                     }
                 }

@@ -48,35 +48,59 @@ pub(crate) fn softmax_in_place(o: &mut [f32]) {
     o.iter_mut().for_each(|o| *o *= inv);
 }
 
-/// `x[i] = f(x[i])`, compiled for the widest vector unit the CPU has: `f`
-/// must be plain arithmetic (no library calls) to vectorize. Without fused
-/// multiply-adds (Rust never contracts) every width gives the same bits.
+/// `x[i] = f(x[i], y[i])` (with `y` empty: `x[i] = f(x[i], 0)`), compiled
+/// for the widest vector unit the CPU has (AVX-512, AVX2, else the
+/// baseline): `f` must be plain arithmetic (no library calls) to vectorize.
+/// Without fused multiply-adds (Rust never contracts) every width gives the
+/// same bits.
 #[inline(always)]
-pub(crate) fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+fn map_widest<F: Fn(f32, f32) -> f32>(x: &mut [f32], y: &[f32], f: F) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { map_avx512(x, f) };
+            return unsafe { map_avx512(x, y, f) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
-            return unsafe { map_avx2(x, f) };
+            return unsafe { map_avx2(x, y, f) };
         }
     }
-    x.iter_mut().for_each(|v| *v = f(*v));
+    map_loop(x, y, f)
+}
+
+#[inline(always)]
+fn map_loop<F: Fn(f32, f32) -> f32>(x: &mut [f32], y: &[f32], f: F) {
+    if y.is_empty() {
+        x.iter_mut().for_each(|v| *v = f(*v, 0.0));
+    } else {
+        x.iter_mut().zip(y).for_each(|(v, &y)| *v = f(*v, y));
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn map_avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
-    x.iter_mut().for_each(|v| *v = f(*v));
+unsafe fn map_avx512<F: Fn(f32, f32) -> f32>(x: &mut [f32], y: &[f32], f: F) {
+    map_loop(x, y, f)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn map_avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
-    x.iter_mut().for_each(|v| *v = f(*v));
+unsafe fn map_avx2<F: Fn(f32, f32) -> f32>(x: &mut [f32], y: &[f32], f: F) {
+    map_loop(x, y, f)
+}
+
+/// `x[i] = f(x[i])` on the widest vector unit ([`map_widest`]).
+#[inline(always)]
+pub(crate) fn map_in_place<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    map_widest(x, &[], |v, _| f(v))
+}
+
+/// `x[i] = f(x[i], y[i])` on the widest vector unit ([`map_widest`]).
+#[inline(always)]
+pub(crate) fn map2_in_place<F: Fn(f32, f32) -> f32>(x: &mut [f32], y: &[f32], f: F) {
+    assert_eq!(x.len(), y.len(), "map2_in_place: lengths differ");
+    map_widest(x, y, f)
 }
 
 /// `e^x` within 1.2 ulp (1e-7 relative), in plain arithmetic so that loops
@@ -789,9 +813,18 @@ pub(crate) mod tests {
         if std::arch::is_x86_feature_detected!("avx2") {
             let mut avx2 = x.clone();
             // SAFETY: the CPU has AVX2.
-            unsafe { map_avx2(&mut avx2, gelu_erf_value) };
+            unsafe { map_avx2(&mut avx2, &[], |v, _| gelu_erf_value(v)) };
             assert_eq!(avx2, scalar);
         }
+        let g: Vec<f32> = x.iter().map(|v| v * 0.37 - 1.0).collect();
+        let scalar2: Vec<f32> = g
+            .iter()
+            .zip(&x)
+            .map(|(&g, &x)| gelu_erf_grad_value(x, g))
+            .collect();
+        let mut wide2 = g.clone();
+        map2_in_place(&mut wide2, &x, |g, x| gelu_erf_grad_value(x, g));
+        assert_eq!(wide2, scalar2);
     }
 
     #[test]

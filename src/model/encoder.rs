@@ -8,7 +8,7 @@
 //! computed; their outputs and input gradients are 0, which is what the
 //! general path's padding rows contribute to a masked loss). Each linear
 //! layer is one BLAS product over all rows of the batch, cut over the threads
-//! by shape alone; attention, dropout masks and the residual + LayerNorm
+//! (`blas::gemm_split`); attention, dropout masks and the residual + LayerNorm
 //! passes run per sequence in parallel. Dropout masks come from one stream
 //! per (layer, site, sequence[, head]) seeded from the step's
 //! [`DropoutRng`](super::DropoutRng), so backward draws them again instead of
@@ -30,8 +30,8 @@ use super::infer::{self, LayerWeights, Lin, Norm};
 use super::{fill_dropout_mask, Activation, BertForTokenClassification, DropoutRng};
 use crate::blas::{column_sums, gemm, gemm_split, Operand};
 use crate::fused::{
-    gelu_erf_grad_value, gelu_erf_value, layer_norm_grad_rows, layer_norm_saving, map_in_place,
-    softmax_grad_row, softmax_in_place,
+    gelu_erf_grad_value, gelu_erf_value, layer_norm_grad_rows, layer_norm_saving, map2_in_place,
+    map_in_place, softmax_grad_row, softmax_in_place,
 };
 
 /// Elements handed to one rayon task in elementwise passes.
@@ -524,11 +524,7 @@ impl Encoder {
         sc.ffn
             .par_chunks_mut(CHUNK)
             .zip(sv.u.par_chunks(CHUNK))
-            .for_each(|(d, u)| {
-                d.iter_mut()
-                    .zip(u)
-                    .for_each(|(d, &u)| *d = gelu_erf_grad_value(u, *d))
-            });
+            .for_each(|(d, u)| map2_in_place(d, u, |d, u| gelu_erf_grad_value(u, d)));
         let [inter_w, inter_b] = linear_grads(&sc.ffn, &sv.a, &w.intermediate)?;
         // a fed the intermediate layer and the residual: its gradient in sc.a.
         gemm_split(
