@@ -505,64 +505,36 @@ impl Encoder {
         dx: &mut [f32],
         sc: &mut Scratch,
     ) -> candle_core::Result<LayerGrads> {
-        let (h, n) = (self.h(), self.rows());
-        let ffn = w.intermediate.out;
+        let h = self.h();
         let mut grads: LayerGrads = Vec::with_capacity(16);
         // Second LayerNorm (into sc.a); its input was dropout(output) + a.
         let (dw, db) =
             layer_norm_grad_rows(w.out_ln.w, dy, &mut sc.a, normed(&sv.xhat2, &sv.rstd2));
         self.masked(layer, Site::Output, &sc.a, &mut sc.b, h);
-        let [out_w, out_b] = linear_grads(&sc.b, &sv.g, &w.output)?;
         // Through the output layer and GELU (into sc.ffn).
-        gemm_split(
-            1.0,
-            rows(&sc.b, n, h),
-            rows(w.output.w, h, ffn),
-            0.0,
-            &mut sc.ffn,
-        )?;
+        let [out_w, out_b] = linear_backward(&sc.b, &sv.g, &w.output, &mut sc.ffn, 0.0)?;
         sc.ffn
             .par_chunks_mut(CHUNK)
             .zip(sv.u.par_chunks(CHUNK))
             .for_each(|(d, u)| map2_in_place(d, u, |d, u| gelu_erf_grad_value(u, d)));
-        let [inter_w, inter_b] = linear_grads(&sc.ffn, &sv.a, &w.intermediate)?;
         // a fed the intermediate layer and the residual: its gradient in sc.a.
-        gemm_split(
-            1.0,
-            rows(&sc.ffn, n, ffn),
-            rows(w.intermediate.w, ffn, h),
-            1.0,
-            &mut sc.a,
-        )?;
+        let [inter_w, inter_b] = linear_backward(&sc.ffn, &sv.a, &w.intermediate, &mut sc.a, 1.0)?;
         // First LayerNorm (into dx, where the residual's share stays).
         let (ln1_w, ln1_b) =
             layer_norm_grad_rows(w.attn_ln.w, &sc.a, dx, normed(&sv.xhat1, &sv.rstd1));
         self.masked(layer, Site::AttentionOutput, dx, &mut sc.b, h);
-        let [ao_w, ao_b] = linear_grads(&sc.b, &sv.ctx, &w.attn_out)?;
         // The context's gradient (into sc.a), then q, k and v's.
-        gemm_split(
-            1.0,
-            rows(&sc.b, n, h),
-            rows(w.attn_out.w, h, h),
-            0.0,
-            &mut sc.a,
-        )?;
+        let [ao_w, ao_b] = linear_backward(&sc.b, &sv.ctx, &w.attn_out, &mut sc.a, 0.0)?;
         self.attention_backward(layer, sv, &sc.a, &mut sc.qkv)?;
         // x fed q, k, v (one stacked product) and the residual.
         let (qkv_w, qkv_b) = stacked_qkv(w);
-        let [(mut gw, _), (mut gb, _)] = linear_grads(&sc.qkv, &sv.x, &qkv_lin(&qkv_w, &qkv_b, h))?;
+        let qkv_lin = qkv_lin(&qkv_w, &qkv_b, h);
+        let [(mut gw, _), (mut gb, _)] = linear_backward(&sc.qkv, &sv.x, &qkv_lin, dx, 1.0)?;
         let (gv, gk) = (gw.split_off(2 * h * h), gw.split_off(h * h));
         let (bv, bk) = (gb.split_off(2 * h), gb.split_off(h));
         for (gw, gb) in [(gw, gb), (gk, bk), (gv, bv)] {
             grads.extend([(gw, vec![h, h]), (gb, vec![h])]);
         }
-        gemm_split(
-            1.0,
-            rows(&sc.qkv, n, 3 * h),
-            rows(&qkv_w, 3 * h, h),
-            1.0,
-            dx,
-        )?;
         grads.extend([ao_w, ao_b]);
         grads.extend([(ln1_w, vec![h]), (ln1_b, vec![h])]);
         grads.extend([inter_w, inter_b, out_w, out_b]);
@@ -766,6 +738,28 @@ fn qkv_lin<'a>(w: &'a [f32], b: &'a [f32], h: usize) -> Lin<'a> {
         inp: h,
         out: 3 * h,
     }
+}
+
+/// A linear layer's backward from its output's gradient `d_out` `[n, out]`:
+/// `dx = beta * dx + d_out @ w`, and the weight and bias gradients
+/// ([`linear_grads`]), returned.
+fn linear_backward(
+    d_out: &[f32],
+    input: &[f32],
+    lin: &Lin,
+    dx: &mut [f32],
+    beta: f32,
+) -> candle_core::Result<[(Vec<f32>, Vec<usize>); 2]> {
+    let grads = linear_grads(d_out, input, lin)?;
+    let n = input.len() / lin.inp;
+    gemm_split(
+        1.0,
+        rows(d_out, n, lin.out),
+        rows(lin.w, lin.out, lin.inp),
+        beta,
+        dx,
+    )?;
+    Ok(grads)
 }
 
 /// `dW = d_out^T @ input` and `db = column sums of d_out` of a linear layer.
