@@ -322,9 +322,8 @@ impl Encoder {
         Ok(out)
     }
 
-    /// `out = LayerNorm(dropout(out) + residual)`, keeping LayerNorm's
-    /// normalised rows and 1/std.
-    #[allow(clippy::too_many_arguments)]
+    /// `out = LayerNorm(dropout(out) + residual)`; returns what LayerNorm's
+    /// backward needs: the normalised rows and each row's 1/std.
     fn residual_norm(
         &self,
         layer: usize,
@@ -332,16 +331,15 @@ impl Encoder {
         out: &mut [f32],
         residual: &[f32],
         ln: &Norm,
-        xhat: &mut [f32],
-        rstd: &mut [f32],
-    ) {
+    ) -> (Vec<f32>, Vec<f32>) {
         let h = ln.w.len();
+        let (mut xhat, mut rstd) = (vec![0f32; out.len()], vec![0f32; out.len() / h]);
         let starts = self.starts();
         let pieces: Vec<_> = self
             .per_seq(out, h)
             .into_iter()
-            .zip(self.per_seq(xhat, h))
-            .zip(self.per_seq(rstd, 1))
+            .zip(self.per_seq(&mut xhat, h))
+            .zip(self.per_seq(&mut rstd, 1))
             .collect();
         pieces
             .into_par_iter()
@@ -360,6 +358,7 @@ impl Encoder {
                     *rstd = layer_norm_saving(row, ln.w, ln.b, ln.eps, xhat);
                 }
             });
+        (xhat, rstd)
     }
 
     /// `out = grad * mask` at `site` (each sequence's own mask), or a copy
@@ -392,36 +391,19 @@ impl Encoder {
         w: &LayerWeights,
         x: Vec<f32>,
     ) -> candle_core::Result<(Vec<f32>, Saved)> {
-        let (h, n) = (self.h(), self.rows());
+        let h = self.h();
         let (qkv_w, qkv_b) = stacked_qkv(w);
         let qkv = self.linear(&x, &qkv_lin(&qkv_w, &qkv_b, h))?;
         let (probs, ctx) = self.attention(layer, &qkv)?;
         let mut a = self.linear(&ctx, &w.attn_out)?;
-        let (mut xhat1, mut rstd1) = (vec![0f32; n * h], vec![0f32; n]);
-        self.residual_norm(
-            layer,
-            Site::AttentionOutput,
-            &mut a,
-            &x,
-            &w.attn_ln,
-            &mut xhat1,
-            &mut rstd1,
-        );
+        let (xhat1, rstd1) =
+            self.residual_norm(layer, Site::AttentionOutput, &mut a, &x, &w.attn_ln);
         let u = self.linear(&a, &w.intermediate)?;
         let mut g = u.clone();
         g.par_chunks_mut(CHUNK)
             .for_each(|c| map_in_place(c, gelu_erf_value));
         let mut y = self.linear(&g, &w.output)?;
-        let (mut xhat2, mut rstd2) = (vec![0f32; n * h], vec![0f32; n]);
-        self.residual_norm(
-            layer,
-            Site::Output,
-            &mut y,
-            &a,
-            &w.out_ln,
-            &mut xhat2,
-            &mut rstd2,
-        );
+        let (xhat2, rstd2) = self.residual_norm(layer, Site::Output, &mut y, &a, &w.out_ln);
         let saved = Saved {
             x,
             qkv,
