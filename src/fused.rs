@@ -484,14 +484,10 @@ impl CustomOp2 for GeluErfGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (slice(s1, l1)?, slice(s2, l2)?);
-        let mut out = vec![0f32; x.len()];
+        let mut out = g.to_vec();
         out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| {
-                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                    *o = gelu_erf_grad_value(x, g);
-                }
-            });
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, x)| map2_in_place(o, x, |g, x| gelu_erf_grad_value(x, g)));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

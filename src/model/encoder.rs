@@ -536,18 +536,19 @@ impl Encoder {
         let (heads, hd, h) = (self.model.num_heads, self.model.head_dim, self.h());
         let scale = 1.0 / (hd as f32).sqrt();
         let starts = self.starts();
-        let prob_starts: Vec<usize> = self
+        let mut rest = &sv.probs[..];
+        let probs: Vec<&[f32]> = self
             .lens
             .iter()
-            .scan(0, |o, &l| {
-                let s = *o;
-                *o += heads * l * l;
-                Some(s)
+            .map(|&l| {
+                let (seq, after) = rest.split_at(heads * l * l);
+                rest = after;
+                seq
             })
             .collect();
-        let pieces = self.per_seq(dqkv, 3 * h);
+        let pieces: Vec<_> = self.per_seq(dqkv, 3 * h).into_iter().zip(probs).collect();
         pieces.into_par_iter().enumerate().try_for_each(
-            |(s, dqkv)| -> candle_core::Result<()> {
+            |(s, (dqkv, probs))| -> candle_core::Result<()> {
                 let (len, r0) = (self.lens[s], starts[s]);
                 if len == 0 {
                     return Ok(());
@@ -557,8 +558,7 @@ impl Encoder {
                 for head in 0..heads {
                     let c = head * hd;
                     let cols = (c, hd);
-                    let p0 = prob_starts[s] + head * len * len;
-                    let p = &sv.probs[p0..p0 + len * len];
+                    let p = &probs[head * len * len..(head + 1) * len * len];
                     let mask = self.mask(layer, Site::AttentionProbs, s * heads + head, len * len);
                     let dropped;
                     let used: &[f32] = match &mask {
