@@ -334,6 +334,10 @@ const SPLIT_MIN_WORK: usize = 1 << 20;
 /// At most this many blocks, which spreads evenly over 2, 4 or 8 threads.
 const SPLIT_MAX_BLOCKS: usize = 8;
 
+/// Rows (columns) per block at least: each block packs all of the other
+/// operand again, which thin blocks would spend more time on than on products.
+const SPLIT_MIN_SIDE: usize = 64;
+
 /// The most blocks worth cutting a product into on rayon's current pool: one
 /// per thread (rounded up to a power of two), up to [`SPLIT_MAX_BLOCKS`].
 /// Every block packs all of the other operand again, so blocks beyond the
@@ -344,9 +348,6 @@ fn max_blocks() -> usize {
         .next_power_of_two()
         .min(SPLIT_MAX_BLOCKS)
 }
-/// Rows (columns) per block at least: each block packs all of the other
-/// operand again, which thin blocks would spend more time on than on products.
-const SPLIT_MIN_SIDE: usize = 64;
 
 /// How a single `[m, k] @ [k, n]` product is cut: along its rows if `m >= n`
 /// (else its columns) into `blocks` pieces (at most `max_blocks`), piece `i`
@@ -471,6 +472,22 @@ impl Operand<'_> {
     }
 }
 
+/// The library's sgemm and the two operands as BLAS matrices, checked to
+/// lie in their slices and to fit one another.
+fn product(a: &Operand, b: &Operand) -> Result<(SgemmFn, Mat, Mat)> {
+    let f = loaded()?;
+    if a.cols != b.rows {
+        candle_core::bail!(
+            "blas gemm: [{}, {}] @ [{}, {}]",
+            a.rows,
+            a.cols,
+            b.rows,
+            b.cols
+        );
+    }
+    Ok((f, a.mat()?, b.mat()?))
+}
+
 /// Whether [`gemm`] has a library to call (one was found and is switched on).
 pub(crate) fn available() -> bool {
     blas().is_some()
@@ -488,12 +505,8 @@ pub(crate) fn gemm(
     c_off: usize,
     ldc: usize,
 ) -> Result<()> {
-    let f = loaded()?;
-    let (am, bm) = (a.mat()?, b.mat()?);
+    let (f, am, bm) = product(&a, &b)?;
     let (m, n) = (a.rows, b.cols);
-    if a.cols != b.rows {
-        candle_core::bail!("blas gemm: [{m}, {}] @ [{}, {n}]", a.cols, b.rows);
-    }
     if m > 0 && n > 0 && (ldc < n || c_off + (m - 1) * ldc + n > out.len()) {
         candle_core::bail!("blas gemm: the [{m}, {n}] output runs past its slice");
     }
@@ -526,16 +539,10 @@ pub(crate) fn gemm_split(
     beta: f32,
     c: &mut [f32],
 ) -> Result<()> {
-    let f = loaded()?;
-    let (am, bm) = (a.mat()?, b.mat()?);
+    let (f, am, bm) = product(&a, &b)?;
     let (m, n) = (a.rows, b.cols);
-    if a.cols != b.rows || c.len() != m * n {
-        candle_core::bail!(
-            "blas gemm: [{m}, {}] @ [{}, {n}] into {} elements",
-            a.cols,
-            b.rows,
-            c.len()
-        );
+    if c.len() != m * n {
+        candle_core::bail!("blas gemm: a [{m}, {n}] output in {} elements", c.len());
     }
     if m == 0 || n == 0 {
         return Ok(());

@@ -529,6 +529,34 @@ struct Layer {
     out_ln: LayerNorm,
 }
 
+impl Layer {
+    /// The layer's 16 weight tensors in one fixed order: q, k, v and the
+    /// attention output (weight, bias each), the first LayerNorm, the
+    /// intermediate and output layers, the second LayerNorm.
+    fn tensors(&self) -> [&Tensor; 16] {
+        let (q, k, v, ao) = (&self.query, &self.key, &self.value, &self.attn_out);
+        let (i, o) = (&self.intermediate, &self.output);
+        [
+            &q.weight,
+            &q.bias,
+            &k.weight,
+            &k.bias,
+            &v.weight,
+            &v.bias,
+            &ao.weight,
+            &ao.bias,
+            &self.attn_ln.weight,
+            &self.attn_ln.bias,
+            &i.weight,
+            &i.bias,
+            &o.weight,
+            &o.bias,
+            &self.out_ln.weight,
+            &self.out_ln.bias,
+        ]
+    }
+}
+
 /// HF `BertForTokenClassification` without the pooler. Weights live in the
 /// `VarMap` behind the `VarBuilder` given to [`BertForTokenClassification::new`].
 #[derive(Debug, Clone)]

@@ -223,7 +223,7 @@ impl Scratch {
     }
 }
 
-/// One layer's weight gradients, in [`weight_tensors`]' order.
+/// One layer's weight gradients, in the order of `Layer::tensors`.
 type LayerGrads = Vec<(Vec<f32>, Vec<usize>)>;
 
 fn error(e: anyhow::Error) -> candle_core::Error {
@@ -622,26 +622,6 @@ impl Encoder {
         )?;
         Ok(())
     }
-
-    /// The model's encoder weights, layer by layer in [`LayerGrads`]' order.
-    fn weight_tensors(&self) -> Vec<Vec<Tensor>> {
-        self.model
-            .layers
-            .iter()
-            .map(|l| {
-                let mut v = Vec::with_capacity(16);
-                for lin in [&l.query, &l.key, &l.value, &l.attn_out] {
-                    v.extend([lin.weight.clone(), lin.bias.clone()]);
-                }
-                v.extend([l.attn_ln.weight.clone(), l.attn_ln.bias.clone()]);
-                for lin in [&l.intermediate, &l.output] {
-                    v.extend([lin.weight.clone(), lin.bias.clone()]);
-                }
-                v.extend([l.out_ln.weight.clone(), l.out_ln.bias.clone()]);
-                v
-            })
-            .collect()
-    }
 }
 
 /// A LayerNorm's saved rows for `layer_norm_grad_rows`: row `i`'s normalised
@@ -831,10 +811,9 @@ impl CustomOp1 for Encoder {
             Ok(())
         })
         .map_err(error)?;
-        let tensors = self.weight_tensors();
         let mut out = Vec::new();
         for (layer, grads) in layer_grads {
-            for (var, (g, dims)) in tensors[layer].iter().zip(grads) {
+            for (var, (g, dims)) in self.model.layers[layer].tensors().into_iter().zip(grads) {
                 out.push((var.clone(), Tensor::from_vec(g, dims, &Device::Cpu)?));
             }
         }

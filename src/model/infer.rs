@@ -269,14 +269,7 @@ fn tensors(m: &BertForTokenClassification) -> Vec<&Tensor> {
     v.extend(m.general_lexicon_embeddings.iter());
     v.extend([&m.emb_ln.weight, &m.emb_ln.bias]);
     for l in &m.layers {
-        for lin in [&l.query, &l.key, &l.value, &l.attn_out] {
-            v.extend([&lin.weight, &lin.bias]);
-        }
-        v.extend([&l.attn_ln.weight, &l.attn_ln.bias]);
-        for lin in [&l.intermediate, &l.output] {
-            v.extend([&lin.weight, &lin.bias]);
-        }
-        v.extend([&l.out_ln.weight, &l.out_ln.bias]);
+        v.extend(l.tensors());
     }
     v.extend([&m.classifier.weight, &m.classifier.bias]);
     v
