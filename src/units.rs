@@ -1,6 +1,7 @@
 //! Units, the model's view of text: one unit per character (more exactly, per
-//! extended grapheme cluster), except that a number, a run of Latin letters and
-//! a web or e-mail address each form one unit. Full-width ASCII forms read as
+//! extended grapheme cluster), except that a number, a run of Latin letters, a
+//! run of another alphabet's letters and a web or e-mail address each form one
+//! unit. Full-width ASCII forms read as
 //! their half-width twins, and traditional characters as simplified ones (in
 //! [`Unit::key`], see [`crate::script`]). Every unit keeps its byte span of the
 //! original text, so joining the units' text gives back the input exactly.
@@ -19,7 +20,11 @@
 //! - web address or e-mail (raw text only; the training files have none): a run
 //!   of URL characters starting `http://`, `https://`, `ftp://` or `www.`, or
 //!   `name@host.tld`, after width folding, without trailing `.,;:!?)`. It reads
-//!   as a Latin run (`X`), so it is one unit, never split.
+//!   as a Latin run (`X`), so it is one unit, never split;
+//! - a run of letters of one other script (Greek, Cyrillic, Arabic, Hangul,
+//!   kana, …; see [`letter_script`]), also read as a Latin run: the training
+//!   files have none, and one character at a time the model would see each
+//!   letter as an unknown unit.
 //!
 //! No unit boundary falls inside an extended grapheme cluster (UAX #29): a
 //! unit takes the rest of the cluster it ends in, so `e` + U+0301, `👍🏽`,
@@ -51,6 +56,9 @@ pub enum UnitKind {
     Latin,
     /// A web address or e-mail address (seen by the model as a Latin run).
     Address,
+    /// A word of another alphabetic script, or a run of kana or Hangul (seen
+    /// by the model as a Latin run).
+    Letters,
 }
 
 /// One unit with its byte span in the original text.
@@ -69,7 +77,7 @@ impl Unit {
         match self.kind {
             UnitKind::Char(c) => crate::script::to_simplified(c).to_string(),
             UnitKind::Number => "0".to_string(),
-            UnitKind::Latin | UnitKind::Address => "X".to_string(),
+            UnitKind::Latin | UnitKind::Address | UnitKind::Letters => "X".to_string(),
         }
     }
 }
@@ -93,6 +101,32 @@ fn is_latin_extended(c: char) -> bool {
 
 fn is_latin(c: char) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == '.' || is_latin_extended(c)
+}
+
+/// The script of a letter whose words Chinese text quotes whole, other than
+/// Latin and Han: Greek, Cyrillic, Armenian, Hebrew, Arabic, the Indic scripts
+/// (one block each), Georgian, Hangul, Hiragana and Katakana (with `ー`, not
+/// the middle dot `・`). A run of one script's letters is one unit, read as a
+/// Latin run (`X`): `Москва`, `Ελλάδα`, `서울`, `カタカナ`.
+fn letter_script(c: char) -> Option<u32> {
+    if !c.is_alphabetic() {
+        return None;
+    }
+    Some(match c {
+        '\u{0370}'..='\u{03FF}' | '\u{1F00}'..='\u{1FFF}' => 1,
+        '\u{0400}'..='\u{052F}' | '\u{1C80}'..='\u{1C8F}' | '\u{A640}'..='\u{A69F}' => 2,
+        '\u{0530}'..='\u{058F}' => 3,
+        '\u{0590}'..='\u{05FF}' => 4,
+        '\u{0600}'..='\u{06FF}' | '\u{0750}'..='\u{077F}' => 5,
+        '\u{10A0}'..='\u{10FF}' => 6,
+        '\u{1100}'..='\u{11FF}' | '\u{3130}'..='\u{318F}' | '\u{AC00}'..='\u{D7AF}' => 7,
+        '\u{3041}'..='\u{309F}' => 8,
+        '\u{30A1}'..='\u{30FA}' | '\u{30FC}'..='\u{30FF}' | '\u{31F0}'..='\u{31FF}' => 9,
+        '\u{FF66}'..='\u{FF9F}' => 9,
+        // Devanagari to Malayalam: a block of 128 code points per script.
+        '\u{0900}'..='\u{0D7F}' => 16 + (c as u32 - 0x900) / 0x80,
+        _ => return None,
+    })
 }
 
 /// Whether a sign (`-`/`+`) right after `c` is an operator or a dash, not the
@@ -307,6 +341,12 @@ pub fn split_units(text: &str) -> Vec<Unit> {
                 }
             }
             (j, UnitKind::Latin)
+        } else if let Some(script) = letter_script(folded[i]) {
+            let mut j = i;
+            while j < folded.len() && letter_script(folded[j]) == Some(script) {
+                j = to_bound(j + 1);
+            }
+            (j, UnitKind::Letters)
         } else {
             (to_bound(i + 1), UnitKind::Char(folded[i]))
         };

@@ -1,5 +1,6 @@
 //! Units never split what a reader sees as one thing: Latin words with letters
-//! beyond A–Z, extended grapheme clusters (UAX #29) and numbers as people write
+//! beyond A–Z, words of other alphabets (and runs of Hangul and kana),
+//! extended grapheme clusters (UAX #29) and numbers as people write
 //! them, through `split_units` and through `cws segment` (the dictionary
 //! baseline and the built-in model).
 
@@ -38,6 +39,19 @@ const HAN_WITH_MARK: &str = "中\u{301}";
 
 const CLUSTERS: [&str; 5] = [DECOMPOSED_CAFE, THUMBS, FAMILY, FLAG, HAN_WITH_MARK];
 
+/// Words of other alphabets (Cyrillic, Greek, Hebrew, Arabic, Devanagari with
+/// its vowel signs) and runs of Hangul and kana.
+const OTHER_SCRIPTS: [&str; 8] = [
+    "Москва",
+    "Ελλάδα",
+    "שלום",
+    "مرحبا",
+    "नमस्ते",
+    "서울",
+    "カタカナ",
+    "ひらがな",
+];
+
 const NUMBERS: [&str; 6] = [
     "1,234.56",
     "2024-01-15",
@@ -60,6 +74,27 @@ fn latin_words_with_letters_beyond_a_to_z_are_one_unit() {
     assert_eq!(unit_texts("北京"), ["北", "京"]);
     // Signs that are not letters still break a run.
     assert_eq!(unit_texts("a×b"), ["a", "×", "b"]);
+}
+
+#[test]
+fn a_word_of_another_alphabet_is_one_unit() {
+    for w in OTHER_SCRIPTS {
+        assert_eq!(unit_texts(w), [w], "{w}");
+        assert_one_unit(&format!("我去了{w}和北京"), w);
+        let units = split_units(w);
+        assert_eq!(units[0].kind, UnitKind::Letters, "{w}");
+        assert_eq!(units[0].key(), "X", "{w} reads as a Latin run");
+    }
+    // A run ends where the script changes, and at anything not a letter.
+    assert_eq!(unit_texts("ПриветΑθήνα"), ["Привет", "Αθήνα"]);
+    assert_eq!(unit_texts("Paris和Париж"), ["Paris", "和", "Париж"]);
+    assert_eq!(
+        unit_texts("カタカナ・ひらがな"),
+        ["カタカナ", "・", "ひらがな"]
+    );
+    assert_eq!(unit_texts("ラーメン"), ["ラーメン"]);
+    assert_eq!(unit_texts("α粒子"), ["α", "粒", "子"]);
+    assert_eq!(unit_texts("서울 부산"), ["서울", " ", "부산"]);
 }
 
 #[test]
@@ -142,7 +177,8 @@ fn mixed_line() -> String {
     format!(
         "我在São Paulo喝了café和{DECOMPOSED_CAFE}，说naïve的Pokémon去了Ærø。\
          看{THUMBS}和{FAMILY}在{FLAG}，{HAN_WITH_MARK}文。\
-         2024-01-15 12:30付了1,234.56元，电话+86-10-12345678，来了50-60人。"
+         2024-01-15 12:30付了1,234.56元，电话+86-10-12345678，来了50-60人。\
+         他从Москва到서울，读了カタカナ和Ελλάδα。"
     )
 }
 
@@ -151,6 +187,12 @@ fn wholes() -> Vec<&'static str> {
         .iter()
         .chain(&CLUSTERS)
         .chain(&NUMBERS[..5])
+        .chain(&[
+            OTHER_SCRIPTS[0],
+            OTHER_SCRIPTS[1],
+            OTHER_SCRIPTS[5],
+            OTHER_SCRIPTS[6],
+        ])
         .copied()
         .collect()
 }
