@@ -61,14 +61,20 @@ const NUMBERS: [&str; 6] = [
     "０.７-０.８",
 ];
 
+/// Asserts that the word `w` is one unit of kind `kind`, alone and among
+/// Chinese text, and that the model reads it as a Latin run.
+fn assert_word_unit(w: &str, kind: UnitKind) {
+    assert_eq!(unit_texts(w), [w], "{w}");
+    assert_one_unit(&format!("我去了{w}和北京"), w);
+    let units = split_units(w);
+    assert_eq!(units[0].kind, kind, "{w}");
+    assert_eq!(units[0].key(), "X", "{w} reads as a Latin run");
+}
+
 #[test]
 fn latin_words_with_letters_beyond_a_to_z_are_one_unit() {
     for w in LATIN_WORDS {
-        assert_eq!(unit_texts(w), [w], "{w}");
-        assert_one_unit(&format!("我喝{w}了"), w);
-        let units = split_units(w);
-        assert_eq!(units[0].kind, UnitKind::Latin, "{w}");
-        assert_eq!(units[0].key(), "X", "{w} reads as a Latin run");
+        assert_word_unit(w, UnitKind::Latin);
     }
     // CJK text stays one unit per character.
     assert_eq!(unit_texts("北京"), ["北", "京"]);
@@ -79,11 +85,7 @@ fn latin_words_with_letters_beyond_a_to_z_are_one_unit() {
 #[test]
 fn a_word_of_another_alphabet_is_one_unit() {
     for w in OTHER_SCRIPTS {
-        assert_eq!(unit_texts(w), [w], "{w}");
-        assert_one_unit(&format!("我去了{w}和北京"), w);
-        let units = split_units(w);
-        assert_eq!(units[0].kind, UnitKind::Letters, "{w}");
-        assert_eq!(units[0].key(), "X", "{w} reads as a Latin run");
+        assert_word_unit(w, UnitKind::Letters);
     }
     // A run ends where the script changes, and at anything not a letter.
     assert_eq!(unit_texts("ПриветΑθήνα"), ["Привет", "Αθήνα"]);
