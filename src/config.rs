@@ -67,6 +67,11 @@ pub struct TrainConfig {
     /// without one stay); 0 = every entry.
     #[serde(default, skip_serializing_if = "is_default")]
     pub general_lexicon_min_frequency: f64,
+    /// With `general_lexicon`: its entries of at least this frequency (the
+    /// second column) are marked a second time, by ten match bits of their
+    /// own, so the model can weigh common words and rare ones apart; 0 = off.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub general_lexicon_frequent: f64,
     /// With `general_lexicon`: also read its word-list statistics (as
     /// `lexicon_stats` does for `lexicon`), saved as
     /// general_liststats.safetensors.
@@ -491,6 +496,12 @@ impl TrainConfig {
         if self.lexicon_stats && self.lexicon.is_none() {
             bail!("lexicon_stats needs a `lexicon` word list");
         }
+        if !(self.general_lexicon_frequent >= 0.0 && self.general_lexicon_frequent.is_finite()) {
+            bail!(
+                "general_lexicon_frequent must be 0 or more (found {})",
+                self.general_lexicon_frequent
+            );
+        }
         if !(self.general_lexicon_min_frequency >= 0.0
             && self.general_lexicon_min_frequency.is_finite())
         {
@@ -501,6 +512,9 @@ impl TrainConfig {
         }
         if self.general_lexicon_stats && self.general_lexicon.is_none() {
             bail!("general_lexicon_stats needs a `general_lexicon` word list");
+        }
+        if self.general_lexicon_frequent > 0.0 && self.general_lexicon.is_none() {
+            bail!("general_lexicon_frequent needs a `general_lexicon` word list");
         }
         if !(0.0..1.0).contains(&self.unit_dropout) {
             bail!(

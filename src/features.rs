@@ -40,6 +40,10 @@ pub fn standard_salt(index: usize) -> u64 {
     }
 }
 
+/// The salt (as a standard's, see [`standard_salt`]) under which a general
+/// list holds its frequent entries a second time (`general_lexicon_frequent`).
+pub const FREQUENT_TIER: usize = 1;
+
 /// The key standing for "no unit" beyond a sequence's ends, in bigrams.
 const EDGE: &str = "\u{2}";
 
@@ -487,6 +491,10 @@ pub struct FeatureSpec {
     /// Statistics of the general list, read with its bits
     /// (`general_lexicon_stats`).
     pub general_stats: Option<ListStats>,
+    /// The general list also marks its frequent entries (`general_lexicon`
+    /// holds them a second time under [`FREQUENT_TIER`]'s salt): ten more
+    /// bits, the same match bits against those entries alone.
+    pub general_frequent: bool,
     /// A joint model's number of standards (0 for a model of one): each has a
     /// column after the lexicon bits, set on every unit read by it, or (with
     /// `standard_tokens`) a token in [CLS]'s place.
@@ -512,6 +520,9 @@ pub struct UnitFeatures {
     pub general: Vec<u16>,
     /// General word-list statistic bits per unit (empty without them).
     pub general_stats: Vec<u64>,
+    /// Match bits against the general list's frequent entries (empty unless
+    /// the spec marks them).
+    pub general_frequent: Vec<u16>,
     /// How a joint model is told the standard the sequence is read by.
     pub standard: Option<StandardMark>,
 }
@@ -539,7 +550,8 @@ impl UnitFeatures {
             stats: part(&self.stats, r.clone()),
             bigrams: part(&self.bigrams, r.clone()),
             general: part(&self.general, r.clone()),
-            general_stats: part(&self.general_stats, r),
+            general_stats: part(&self.general_stats, r.clone()),
+            general_frequent: part(&self.general_frequent, r),
             standard: self.standard,
         }
     }
@@ -644,6 +656,10 @@ impl FeatureSpec {
         };
         let (lexicon, stats) = list(&self.lexicon, &self.list_stats, lexicon_dropout, standard);
         let (general, general_stats) = list(&self.general_lexicon, &self.general_stats, None, 0);
+        let general_frequent = match &self.general_lexicon {
+            Some(lex) if self.general_frequent => lex.features_for(keys, None, FREQUENT_TIER),
+            _ => Vec::new(),
+        };
         let bigrams = if self.bigram_buckets > 0 {
             let at = |i: isize| -> &str {
                 if i < 0 || i as usize >= keys.len() {
@@ -678,6 +694,7 @@ impl FeatureSpec {
             bigrams,
             general,
             general_stats,
+            general_frequent,
             standard: match (self.standards, self.standard_tokens.get(standard)) {
                 (0, _) => None,
                 (_, Some(&id)) => Some(StandardMark::Token(id)),
@@ -689,6 +706,10 @@ impl FeatureSpec {
         }
     }
 }
+
+/// A word list's bits per unit, its statistics' bits and its frequent
+/// entries' bits (each empty where absent).
+type ListBits<'a> = (&'a [u16], &'a [u64], &'a [u16]);
 
 /// f32 `[b, t, width]` 0/1 bits, row r's units from position 1 on: `bits`
 /// gives (unit, first column, bits) for a row's units.
@@ -718,15 +739,19 @@ impl BatchFeatures {
     pub fn build(rows: &[&UnitFeatures], t: usize, device: &Device) -> Result<Self> {
         let b = rows.len();
         // A word list's bits, then its statistics' bits when it has them,
-        // then (the standard's own list) a joint model's standard columns.
-        let list = |bits: fn(&UnitFeatures) -> (&[u16], &[u64]),
+        // then (the general list) the bits of its frequent entries, or (the
+        // standard's own list) a joint model's standard columns.
+        let list = |bits: fn(&UnitFeatures) -> ListBits<'_>,
                     standards: bool|
          -> Result<Option<Tensor>> {
             if rows.iter().all(|r| bits(r).0.is_empty()) {
                 return Ok(None);
             }
             let with_stats = rows.iter().any(|r| !bits(r).1.is_empty());
-            let lists = LEXICON_FEATURES + if with_stats { LIST_STAT_FEATURES } else { 0 };
+            let with_tier = rows.iter().any(|r| !bits(r).2.is_empty());
+            let stats_at = LEXICON_FEATURES;
+            let tier_at = stats_at + if with_stats { LIST_STAT_FEATURES } else { 0 };
+            let lists = tier_at + if with_tier { LEXICON_FEATURES } else { 0 };
             let column = |f: &UnitFeatures| match f.standard {
                 Some(StandardMark::Column { index, count }) if standards => Some((index, count)),
                 _ => None,
@@ -734,17 +759,13 @@ impl BatchFeatures {
             let n_standards = rows.iter().filter_map(|&r| column(r)).map(|(_, n)| n).max();
             let n_standards = n_standards.unwrap_or(0);
             let columns = |f: &UnitFeatures| {
-                let (lex, stats) = bits(f);
+                let (lex, stats, tier) = bits(f);
                 let units = lex.len();
                 let lex = lex.iter().enumerate();
                 let standard = column(f);
                 lex.map(|(k, &b)| (k, 0, u64::from(b)))
-                    .chain(
-                        stats
-                            .iter()
-                            .enumerate()
-                            .map(|(k, &b)| (k, LEXICON_FEATURES, b)),
-                    )
+                    .chain(stats.iter().enumerate().map(|(k, &b)| (k, stats_at, b)))
+                    .chain((tier.iter().enumerate()).map(|(k, &b)| (k, tier_at, u64::from(b))))
                     .chain(
                         standard
                             .into_iter()
@@ -754,8 +775,11 @@ impl BatchFeatures {
             };
             bit_tensor(rows, t, lists + n_standards, columns, device).map(Some)
         };
-        let lexicon = list(|f| (&f.lexicon, &f.stats), true)?;
-        let general = list(|f| (&f.general, &f.general_stats), false)?;
+        let lexicon = list(|f| (&f.lexicon, &f.stats, &[]), true)?;
+        let general = list(
+            |f| (&f.general, &f.general_stats, &f.general_frequent),
+            false,
+        )?;
         let bigrams = if rows.iter().any(|r| !r.bigrams.is_empty()) {
             let mut v = vec![0u32; b * t * 2];
             for (r, f) in rows.iter().enumerate() {
@@ -779,6 +803,14 @@ impl BatchFeatures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The columns of a row of 0/1 features that are set, as bits.
+    fn set_bits(row: &[f32]) -> u64 {
+        row.iter()
+            .enumerate()
+            .filter(|(_, &v)| v == 1.0)
+            .fold(0, |a, (i, _)| a | 1 << i)
+    }
 
     fn keys(s: &str) -> Vec<String> {
         split_units(s).iter().map(|u| u.key()).collect()
@@ -914,15 +946,9 @@ mod tests {
         let batch = BatchFeatures::build(&[&f], k.len() + 2, &Device::Cpu).unwrap();
         let m = batch.lexicon.unwrap().to_vec3::<f32>().unwrap();
         assert_eq!(m[0][1].len(), LEXICON_FEATURES + LIST_STAT_FEATURES);
-        let row_bits = |row: &[f32]| -> u64 {
-            row.iter()
-                .enumerate()
-                .filter(|(_, &v)| v == 1.0)
-                .fold(0, |a, (i, _)| a | 1 << i)
-        };
-        assert_eq!(row_bits(&m[0][1][LEXICON_FEATURES..]), f.stats[0]);
+        assert_eq!(set_bits(&m[0][1][LEXICON_FEATURES..]), f.stats[0]);
         assert_eq!(
-            row_bits(&m[0][1][..LEXICON_FEATURES]),
+            set_bits(&m[0][1][..LEXICON_FEATURES]),
             u64::from(f.lexicon[0])
         );
         assert!(m[0][0].iter().all(|&v| v == 0.0));
@@ -955,21 +981,59 @@ mod tests {
         let gen = batch.general.unwrap().to_vec3::<f32>().unwrap();
         assert_eq!(lex[0][1].len(), LEXICON_FEATURES);
         assert_eq!(gen[0][1].len(), LEXICON_FEATURES + LIST_STAT_FEATURES);
-        let on = |row: &[f32]| -> u64 {
-            row.iter()
-                .enumerate()
-                .filter(|(_, &v)| v == 1.0)
-                .fold(0, |a, (i, _)| a | 1 << i)
-        };
         for u in 0..k.len() {
-            assert_eq!(on(&lex[0][u + 1]), u64::from(f.lexicon[u]));
+            assert_eq!(set_bits(&lex[0][u + 1]), u64::from(f.lexicon[u]));
             assert_eq!(
-                on(&gen[0][u + 1][..LEXICON_FEATURES]),
+                set_bits(&gen[0][u + 1][..LEXICON_FEATURES]),
                 u64::from(f.general[u])
             );
-            assert_eq!(on(&gen[0][u + 1][LEXICON_FEATURES..]), stats[u]);
+            assert_eq!(set_bits(&gen[0][u + 1][LEXICON_FEATURES..]), stats[u]);
         }
         assert!(gen[0][0].iter().chain(&gen[0][t - 1]).all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn the_general_lists_frequent_entries_have_bits_of_their_own() {
+        let mut general = Lexicon::from_words(["北京大学", "大学生", "北京"]);
+        general.insert_for("大学生", FREQUENT_TIER);
+        general.insert_for("北京", FREQUENT_TIER);
+        let spec = FeatureSpec {
+            general_lexicon: Some(general),
+            general_frequent: true,
+            ..FeatureSpec::default()
+        };
+        let k = keys("北京大学生");
+        let f = spec.compute(&k, None);
+        let all = Lexicon::from_words(["北京大学", "大学生", "北京"]).features(&k, None);
+        let frequent = Lexicon::from_words(["大学生", "北京"]).features(&k, None);
+        assert_eq!(f.general, all);
+        assert_eq!(f.general_frequent, frequent);
+        assert_ne!(all, frequent);
+        // In a batch: the frequent entries' bits after the list's own.
+        let t = k.len() + 2;
+        let batch = BatchFeatures::build(&[&f], t, &Device::Cpu).unwrap();
+        let gen = batch.general.unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(gen[0][1].len(), 2 * LEXICON_FEATURES);
+        for u in 0..k.len() {
+            assert_eq!(
+                set_bits(&gen[0][u + 1][..LEXICON_FEATURES]),
+                u64::from(all[u])
+            );
+            assert_eq!(
+                set_bits(&gen[0][u + 1][LEXICON_FEATURES..]),
+                u64::from(frequent[u])
+            );
+        }
+        // Unmarked, the same list reads as one list of ten bits.
+        let plain = FeatureSpec {
+            general_frequent: false,
+            ..spec
+        };
+        let f = plain.compute(&k, None);
+        assert!(f.general_frequent.is_empty());
+        let batch = BatchFeatures::build(&[&f], t, &Device::Cpu).unwrap();
+        let dims = batch.general.unwrap().dims().to_vec();
+        assert_eq!(dims, [1, t, LEXICON_FEATURES]);
     }
 
     #[test]

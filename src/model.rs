@@ -71,6 +71,10 @@ pub struct Extensions {
     /// General word-list feature columns per unit (0: no such channel).
     #[serde(rename = "cws_general_lexicon_features", default)]
     pub general_lexicon_features: usize,
+    /// Whether the general list's last ten columns mark its frequent entries
+    /// (`general_lexicon_frequent` in training).
+    #[serde(rename = "cws_general_lexicon_frequent", default)]
+    pub general_frequent: bool,
     /// Rows of the hashed-bigram embedding table (0: no bigram channel).
     #[serde(rename = "cws_bigram_buckets", default)]
     pub bigram_buckets: usize,
@@ -161,6 +165,9 @@ impl Extensions {
                 "cws_general_lexicon_features",
                 json!(self.general_lexicon_features),
             ));
+        }
+        if self.general_frequent {
+            out.push(("cws_general_lexicon_frequent", json!(true)));
         }
         if self.lexicon_features > 0 {
             out.push(("cws_lexicon_features", json!(self.lexicon_features)));

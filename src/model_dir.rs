@@ -267,7 +267,11 @@ fn feature_files(ext: &Extensions) -> Result<Vec<(&'static str, &'static str)>> 
     )?;
     files.extend(list(
         ext.general_lexicon_features,
-        0,
+        if ext.general_frequent {
+            LEXICON_FEATURES
+        } else {
+            0
+        },
         "cws_general_lexicon_features",
         [
             (GENERAL_LEXICON_FILE, "a general word list"),
@@ -425,6 +429,7 @@ fn read_features(ext: &Extensions, files: &Files<'_>) -> Result<FeatureSpec> {
     let mut spec = FeatureSpec {
         bigram_buckets: ext.bigram_buckets,
         standards: ext.standards.len(),
+        general_frequent: ext.general_frequent,
         ..FeatureSpec::default()
     };
     for (file, what) in feature_files(ext)? {

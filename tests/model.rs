@@ -612,6 +612,16 @@ fn config_extensions_are_typed_and_round_trip() {
     assert_eq!(cfg.cws.standard, Some(cws::model::Standard::Pku));
     assert!(cfg.extra.keys().all(|k| !k.starts_with("cws_")));
     assert_eq!(cfg.to_json_string().unwrap(), text);
+    assert!(!cfg.cws.general_frequent);
+
+    // The MSR model marks the general list's frequent entries apart: ten
+    // more columns, and a key of its own.
+    let msr_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/msr/config.json");
+    let msr_text = std::fs::read_to_string(&msr_path).unwrap();
+    let msr = BertConfig::from_file(&msr_path).unwrap();
+    assert!(msr.cws.general_frequent);
+    assert_eq!(msr.cws.general_lexicon_features, 20);
+    assert_eq!(msr.to_json_string().unwrap(), msr_text);
 
     // A joint model's keys, typed and written back in their sorted places.
     let bias_line = text

@@ -284,8 +284,8 @@ fn command_line_overrides_every_usual_field() {
     assert_eq!((c.crossfit_folds, c.crossfit_weight), (4, 0.3));
 }
 
-/// A model with lexicon and bigram features (and word-list statistics, or
-/// not): the checkpoint carries the hashed lists and the extra embeddings,
+/// A model with lexicon and bigram features (and word-list statistics and
+/// the general list's frequent entries marked apart, or not): the checkpoint carries the hashed lists and the extra embeddings,
 /// reloads, and segments losslessly.
 #[test]
 fn lexicon_and_bigram_features_train_save_and_segment() {
@@ -307,6 +307,8 @@ fn lexicon_model_round_trip(stats: bool) {
     cfg.general_lexicon = Some(write_file(tmp.path(), "general.txt", general));
     cfg.general_lexicon_stats = stats;
     cfg.general_lexicon_min_frequency = 25.0;
+    // With statistics, entries of frequency 60 or more are marked apart too.
+    cfg.general_lexicon_frequent = if stats { 60.0 } else { 0.0 };
     cfg.bigram_buckets = 64;
     cfg.unit_dropout = 0.1;
     cfg.heldout_folds = 3;
@@ -322,15 +324,20 @@ fn lexicon_model_round_trip(stats: bool) {
     let width = if stats { 55 } else { 10 };
     assert_eq!(hf["cws_lexicon_features"], width);
     assert_eq!(model.join("liststats.safetensors").is_file(), stats);
-    assert_eq!(hf["cws_general_lexicon_features"], width);
+    let general_width = if stats { width + 10 } else { width };
+    assert_eq!(hf["cws_general_lexicon_features"], general_width);
+    assert_eq!(hf.get("cws_general_lexicon_frequent").is_some(), stats);
     let general = cws::features::Lexicon::load(&model.join("general_lexicon.safetensors")).unwrap();
-    for (w, kept) in [
-        ("研究", true),
-        ("我们", true),
-        ("经济", true),
-        ("国际", false),
+    for (w, kept, frequent) in [
+        ("研究", true, stats),
+        ("计算机", true, false),
+        ("我们", true, false),
+        ("经济", true, false),
+        ("国际", false, false),
     ] {
         assert_eq!(general.contains(w), kept, "{w}");
+        let tier = cws::features::FREQUENT_TIER;
+        assert_eq!(general.contains_for(w, tier), frequent, "{w} frequent");
     }
     assert_eq!(model.join("general_liststats.safetensors").is_file(), stats);
     let weights =
@@ -339,6 +346,10 @@ fn lexicon_model_round_trip(stats: bool) {
     assert_eq!(
         weights["bert.embeddings.lexicon_embeddings.weight"].dims()[0],
         width
+    );
+    assert_eq!(
+        weights["bert.embeddings.general_lexicon_embeddings.weight"].dims()[0],
+        general_width
     );
     assert_eq!(hf["cws_bigram_buckets"], 64);
     let names = safetensors_names(&model.join("model.safetensors"));
@@ -714,6 +725,7 @@ fn every_config_field_is_settable_from_the_command_line() {
         ("general_lexicon", "\"general.txt\""),
         ("general_lexicon_stats", "true"),
         ("general_lexicon_min_frequency", "5.0"),
+        ("general_lexicon_frequent", "5.0"),
         ("standard", "\"msr\""),
         ("joint_standard_input", "\"token\""),
         (
@@ -777,8 +789,8 @@ fn every_config_field_is_settable_from_the_command_line() {
         if *key == "joint" {
             args.extend(["--set", "standard=\"pku\""]);
         }
-        // The general list's statistics need the general list.
-        if *key == "general_lexicon_stats" {
+        // The general list's statistics and tiers need the general list.
+        if ["general_lexicon_stats", "general_lexicon_frequent"].contains(key) {
             args.extend(["--set", "general_lexicon=\"general.txt\""]);
         }
         let c = resolved(&args).unwrap_or_else(|e| panic!("--set {set}: {e:#}"));

@@ -207,7 +207,17 @@ fn fresh_features(
                 .general_lexicon_stats
                 .then(|| crate::features::ListStats::from_words(words()));
             config.cws.general_lexicon_features = list_width(&stats);
-            (Some(Lexicon::from_words(words())), stats)
+            let mut lex = Lexicon::from_words(words());
+            let frequent = cfg.general_lexicon_frequent;
+            if frequent > 0.0 {
+                let tier = crate::features::FREQUENT_TIER;
+                (listed.iter())
+                    .filter(|(_, f)| f.is_some_and(|f| f >= frequent))
+                    .for_each(|(w, _)| lex.insert_for(w, tier));
+                config.cws.general_frequent = true;
+                config.cws.general_lexicon_features += crate::features::LEXICON_FEATURES;
+            }
+            (Some(lex), stats)
         }
         None => (None, None),
     };
@@ -234,6 +244,7 @@ fn fresh_features(
         list_stats,
         general_lexicon,
         general_stats,
+        general_frequent: config.cws.general_frequent,
         standards,
         standard: 0,
         standard_tokens: Vec::new(),
