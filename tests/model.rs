@@ -241,9 +241,7 @@ fn random_batch() -> Batch {
 #[test]
 fn every_parameter_receives_a_gradient() {
     let cfg = small_config(0.1);
-    let varmap = VarMap::new();
-    let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 7, DType::F32, &Device::Cpu).unwrap();
+    let (varmap, model) = random_model(&cfg, 7);
     let b = random_batch();
     let mut rng = DropoutRng::new(3);
     let logits = model.forward(&b.ids, &b.mask, Some(&mut rng)).unwrap();
@@ -296,9 +294,7 @@ fn random_init_is_seeded_and_hf_like() {
 #[test]
 fn dropout_only_in_training_and_reproducible() {
     let cfg = small_config(0.2);
-    let varmap = VarMap::new();
-    let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 7, DType::F32, &Device::Cpu).unwrap();
+    let (_varmap, model) = random_model(&cfg, 7);
     let b = random_batch();
     let run = |rng: Option<&mut DropoutRng>| {
         let t = model.forward(&b.ids, &b.mask, rng).unwrap();
@@ -547,9 +543,7 @@ fn optimizer_state_round_trip_resumes_identically() {
         dir.path().join("optimizer.safetensors"),
     );
 
-    let varmap = VarMap::new();
-    let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 5, DType::F32, &Device::Cpu).unwrap();
+    let (varmap, model) = random_model(&cfg, 5);
     let mut opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
     train_steps(&model, &mut opt, 0..2);
     weights::save(&varmap, &ckpt, DType::F32).unwrap();
@@ -930,6 +924,16 @@ fn parity_inference_path() {
     assert!(to_f64(&pick(&got, false)).iter().all(|&x| x == 0.0));
 }
 
+/// A randomly initialised f32 CPU model of `cfg` (initial weights drawn with
+/// `seed`), and the variables it trains.
+fn random_model(cfg: &BertConfig, seed: u64) -> (VarMap, BertForTokenClassification) {
+    let varmap = VarMap::new();
+    let model =
+        BertForTokenClassification::new_random(&varmap, cfg, seed, DType::F32, &Device::Cpu)
+            .unwrap();
+    (varmap, model)
+}
+
 /// The fixture's shape with every cws extension (lexicon, general word
 /// list, bigrams) and `dropout` everywhere.
 fn feature_config(dropout: f64) -> BertConfig {
@@ -1002,9 +1006,7 @@ fn feature_batch(cfg: &BertConfig, b: usize, t: usize, seed: u64) -> FeatureBatc
 #[test]
 fn training_encoder_matches_the_candle_graph_on_any_threads() {
     let (cfg, b, t) = (feature_config(0.0), 24, 40);
-    let varmap = VarMap::new();
-    let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 4, DType::F32, &Device::Cpu).unwrap();
+    let (varmap, model) = random_model(&cfg, 4);
     let batch = feature_batch(&cfg, b, t, 6);
     let run = |m: &BertForTokenClassification| {
         let logits = m
@@ -1055,9 +1057,7 @@ fn training_encoder_matches_the_candle_graph_on_any_threads() {
 #[test]
 fn training_encoder_dropout_gradients_match_finite_differences() {
     let (cfg, b, t) = (feature_config(0.3), 8, 20);
-    let varmap = VarMap::new();
-    let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 8, DType::F32, &Device::Cpu).unwrap();
+    let (varmap, model) = random_model(&cfg, 8);
     let batch = feature_batch(&cfg, b, t, 9);
     let loss = |dropout: bool| -> Tensor {
         let mut rng = DropoutRng::new(11);
@@ -1109,9 +1109,7 @@ fn training_encoder_dropout_gradients_match_finite_differences() {
 #[test]
 fn inference_path_matches_forward_with_features_on_any_threads() {
     let (cfg, b, t) = (feature_config(0.0), 24, 40);
-    let varmap = VarMap::new();
-    let model =
-        BertForTokenClassification::new_random(&varmap, &cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    let (_varmap, model) = random_model(&cfg, 3);
     let FeatureBatch {
         ids,
         mask: mask_t,
